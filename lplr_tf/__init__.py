@@ -1,0 +1,1 @@
+"""lplr_tf: train Keras models and measure why gradient descent converges fast."""

@@ -1,0 +1,1 @@
+"""Model builders: fully connected nets and ResNets, standard or NTK parameterization."""
