@@ -1,0 +1,463 @@
+"""Convergence analysis: a pure function from the metric history to a JSON-ready summary.
+
+The history is the list of rows of `metrics.jsonl` (dicts sorted by `step`). Every key but
+`step` may be missing or None on a row; NTK keys exist only at probe steps. Conventions follow
+DESIGN.md §1: L = 1/(2n) Σ‖f(x_i) − y_i‖², K = Θ/n, PL ratio q = ‖∇L‖²/(2(L − L*)),
+ρ_bound = 1 − η·min_t λ_min(K_t), μ_cert = λ_min(K_0) − L̂_Θ·max_t d_t.
+
+Rules and normalizations (also recorded in the module constants below):
+
+* Divergence: a row whose `loss` is present but None/NaN/±inf, or above `loss_bound`
+  (default `DIVERGENCE_FACTOR` × max(L_0, tolerance) with L_0 the first logged loss).
+  Divergence anywhere takes precedence over convergence.
+* Precision floor: points with L − L* ≤ max(tolerance, `PRECISION_EPS` · (L_0 − L*)) are at
+  the floor of numerical precision and are left out of the rate fit, the bound check and the
+  linearized comparison.
+* Stable window (automatic): the logged points with finite loss above the precision floor and
+  before the status step (convergence or divergence); of those, the first
+  `TRANSIENT_FRACTION` of the step span is skipped as a transient. If that leaves fewer than
+  three points, all candidates are used. `window=(start, end)` overrides this with every
+  finite point with L − L* > 0 and start ≤ step ≤ end (both inclusive, before divergence).
+* Bound check: for consecutive logged points above the floor, the contraction
+  (L_{t2} − L*)/(L_{t1} − L*) must be ≤ ρ_bound^(t2 − t1) · (1 + `BOUND_RELATIVE_SLACK`);
+  ρ_bound is clamped at 0 when η·μ > 1 (then the theorem's step-size hypothesis fails).
+* Linearized deviation: |L_t − L_t^lin| / max(L_t^lin, floor) over the steps where the
+  linearized loss was logged and at least one of L_t − L*, L_t^lin is above the floor;
+  departure_step is the first step where it exceeds `LINEARIZED_DEPARTURE`.
+"""
+
+import math
+
+import numpy as np
+
+DIVERGENCE_FACTOR = 1e6
+PRECISION_EPS = 1e-10
+TRANSIENT_FRACTION = 0.25
+BOUND_RELATIVE_SLACK = 1e-4
+LINEARIZED_DEPARTURE = 0.1
+MIN_FIT_POINTS = 3
+
+
+def _finite(value):
+    """Returns value as a float when it is a finite number, else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _series(rows, key):
+    """Returns [(step, value)] for the rows where `key` holds a finite number."""
+    pairs = []
+    for row in rows:
+        value = _finite(row.get(key))
+        if value is not None:
+            pairs.append((int(row["step"]), value))
+    return pairs
+
+
+def _min(values):
+    return min(values) if values else None
+
+
+def _max(values):
+    return max(values) if values else None
+
+
+def _last(pairs):
+    return pairs[-1][1] if pairs else None
+
+
+def divergence_bound(initial_loss, tolerance, loss_bound=None):
+    """The loss above which a run counts as diverged.
+
+    Args:
+      initial_loss: The first logged loss L_0 (None or non-finite: no default bound).
+      tolerance: The convergence tolerance (keeps the default positive when L_0 = 0).
+      loss_bound: An explicit bound; returned unchanged when given.
+
+    Returns:
+      `loss_bound` if given, else DIVERGENCE_FACTOR · max(L_0, tolerance); +inf when
+      neither is available.
+    """
+    if loss_bound is not None:
+        return float(loss_bound)
+    initial_loss = _finite(initial_loss)
+    if initial_loss is None:
+        return math.inf
+    return DIVERGENCE_FACTOR * max(initial_loss, tolerance)
+
+
+def _status(rows, l_star, tolerance, loss_bound):
+    """Returns (status, status_step, effective loss bound, initial loss)."""
+    losses = [(int(row["step"]), row["loss"]) for row in rows if "loss" in row]
+    initial_loss = _finite(losses[0][1]) if losses else None
+    loss_bound = divergence_bound(initial_loss, tolerance, loss_bound)
+    for step, raw in losses:
+        value = _finite(raw)
+        if value is None or value > loss_bound:
+            return "diverged", step, loss_bound, initial_loss
+    for step, raw in losses:
+        if _finite(raw) - l_star <= tolerance:
+            return "converged", step, loss_bound, initial_loss
+    return "max_steps", None, loss_bound, initial_loss
+
+
+def _stable_points(rows, l_star, floor, status_step, window):
+    """Returns the (step, L − L*) points of the stable window (see module docstring)."""
+    points = [(s, v - l_star) for s, v in _series(rows, "loss")]
+    if status_step is not None:
+        points = [(s, g) for s, g in points if s < status_step]
+    if window is not None:
+        start, end = window
+        return [(s, g) for s, g in points if start <= s <= end and g > 0]
+    points = [(s, g) for s, g in points if g > floor]
+    if len(points) < MIN_FIT_POINTS:
+        return points
+    cutoff = points[0][0] + TRANSIENT_FRACTION * (points[-1][0] - points[0][0])
+    kept = [(s, g) for s, g in points if s >= cutoff]
+    return kept if len(kept) >= MIN_FIT_POINTS else points
+
+
+def _fit(points):
+    """Least squares of log(L_t − L*) = a + t·log ρ̂ on the given points."""
+    if len(points) < MIN_FIT_POINTS:
+        return {"rate": None, "r2": None, "window": None}
+    steps = np.array([s for s, _ in points], dtype=np.float64)
+    logs = np.log(np.array([g for _, g in points], dtype=np.float64))
+    slope, intercept = np.polyfit(steps, logs, 1)
+    residual = logs - (intercept + slope * steps)
+    total = float(np.sum((logs - logs.mean()) ** 2))
+    ss_res = float(np.sum(residual**2))
+    r2 = 1.0 if total <= 1e-30 else 1.0 - ss_res / total
+    return {
+        "rate": float(np.exp(slope)),
+        "r2": float(r2),
+        "window": [int(steps[0]), int(steps[-1])],
+    }
+
+
+def _check_bound(rows, l_star, floor, status_step, rate_bound):
+    """Lists the steps t2 whose contraction from the previous logged step beats the bound."""
+    points = [(s, v - l_star) for s, v in _series(rows, "loss")]
+    if status_step is not None:
+        points = [(s, g) for s, g in points if s <= status_step]
+    points = [(s, g) for s, g in points if g > floor]
+    per_step = max(rate_bound, 0.0)
+    violations = []
+    for (step1, gap1), (step2, gap2) in zip(points, points[1:]):
+        allowed = per_step ** (step2 - step1) * (1.0 + BOUND_RELATIVE_SLACK)
+        if gap2 / gap1 > allowed:
+            violations.append(step2)
+    return violations
+
+
+def _local_regime(rows, kernel_drift_bound):
+    """Returns (in_local_regime, first failing step, reason) over the NTK probes."""
+    lambda_min = dict(_series(rows, "ntk_lambda_min"))
+    kernel_drift = dict(_series(rows, "kernel_drift"))
+    if not lambda_min and not kernel_drift:
+        return None, None, None
+    for step in sorted(set(lambda_min) | set(kernel_drift)):
+        if step in lambda_min and lambda_min[step] <= 0:
+            return False, step, f"λ_min(K_t) = {lambda_min[step]:.3g} ≤ 0"
+        if step in kernel_drift and kernel_drift[step] > kernel_drift_bound:
+            return False, step, f"kernel drift {kernel_drift[step]:.3g} > {kernel_drift_bound:g}"
+    return True, None, None
+
+
+def _certificate(rows, kernel_drift_bound):
+    lambda_min = _series(rows, "ntk_lambda_min")
+    drifts = dict(_series(rows, "drift"))
+    operator_drift = _series(rows, "kernel_drift_op")
+    lambda0 = lambda_min[0][1] if lambda_min else None
+    lipschitz = None
+    if operator_drift:
+        ratios = [d / drifts[s] for s, d in operator_drift if drifts.get(s, 0.0) > 0]
+        lipschitz = max(ratios) if ratios else 0.0
+        if all(d == 0.0 for _, d in operator_drift):
+            lipschitz = 0.0
+    radius = _max(list(drifts.values()))
+    mu_cert = None
+    if lambda0 is not None and lipschitz is not None and radius is not None:
+        mu_cert = lambda0 - lipschitz * radius
+    in_regime, left_step, reason = _local_regime(rows, kernel_drift_bound)
+    return {
+        "lambda0": lambda0,
+        "lipschitz_estimate": lipschitz,
+        "radius": radius,
+        "mu_cert": mu_cert,
+        "certified": None if mu_cert is None else bool(mu_cert > 0),
+        "in_local_regime": in_regime,
+        "left_step": left_step,
+        "left_reason": reason,
+    }
+
+
+def _linearized(rows, l_star, floor, status_step):
+    losses = dict(_series(rows, "loss"))
+    deviations = []
+    for step, lin in _series(rows, "loss_linearized"):
+        if step not in losses or (status_step is not None and step > status_step):
+            continue
+        if losses[step] - l_star <= floor and lin <= floor:
+            continue
+        deviations.append((step, abs(losses[step] - lin) / max(lin, floor)))
+    departures = [s for s, d in deviations if d > LINEARIZED_DEPARTURE]
+    return {
+        "max_relative_deviation": _max([d for _, d in deviations]),
+        "departure_step": departures[0] if departures else None,
+        "threshold": LINEARIZED_DEPARTURE,
+    }
+
+
+def _sharpness(rows, learning_rate):
+    values = [v for _, v in _series(rows, "sharpness")]
+    gauss_newton = [v for _, v in _series(rows, "gn_sharpness")]
+    top = _max(values)
+    return {
+        "max": top,
+        "eta_times_max": None if top is None else learning_rate * top,
+        "step_size_ok": None if not values else all(learning_rate * v <= 1.0 for v in values),
+        "edge_of_stability": None if not values else any(learning_rate * v >= 2.0 for v in values),
+        "gauss_newton_max": _max(gauss_newton),
+    }
+
+
+def format_rate(rate):
+    """Formats a per-step rate readably near 1: 0.9912 → '0.9912', 0.99999997 → '1 − 3e-08'."""
+    if rate is None:
+        return "n/a"
+    gap = 1.0 - rate
+    if gap != 0 and abs(gap) < 1e-4:
+        return f"1 − {gap:.3g}" if gap > 0 else f"1 + {-gap:.3g}"
+    return f"{rate:.6g}"
+
+
+def _fmt(value, digits=3):
+    return "n/a" if value is None else f"{value:.{digits}g}"
+
+
+def _rate_phrase(fit, bound, sharp):
+    """Describes the fitted rate against the bound, e.g. 'loss fell linearly at ρ̂ = 0.99 ...'."""
+    if fit["rate"] is None:
+        return ""
+    rate, r2 = fit["rate"], fit["r2"]
+    if rate >= 1.0:
+        phrase = f"the loss did not contract (ρ̂ = {format_rate(rate)})"
+    elif r2 < 0.9:
+        phrase = f"the loss fell at ρ̂ = {format_rate(rate)} but not linearly (R² = {r2:.3f})"
+    else:
+        phrase = f"the loss fell linearly at ρ̂ = {format_rate(rate)} (R² = {r2:.3f})"
+    if bound["holds"] is True:
+        phrase += f", within the bound ρ_bound = {format_rate(bound['rate_bound'])}"
+    elif bound["holds"] is False:
+        phrase += (f", but {len(bound['violations'])} logged contractions exceed the bound "
+                   f"ρ_bound = {format_rate(bound['rate_bound'])} "
+                   f"(first at step {bound['violations'][0]})")
+    if sharp["step_size_ok"] is False:
+        phrase += f", with η·β = {sharp['eta_times_max']:.3g} > 1 (the bound assumes η ≤ 1/β)"
+    return phrase
+
+
+def _verdict(summary, divergence_loss):
+    """One sentence: did the run stay in a locally PL region, and why."""
+    status, step = summary["status"], summary["status_step"]
+    fit, bound, cert = summary["fit"], summary["bound"], summary["certificate"]
+    sharp = summary["sharpness"]
+    rate = _rate_phrase(fit, bound, sharp)
+    if status == "diverged":
+        why = f"η·β = {sharp['eta_times_max']:.3g} ≥ 2, past the edge of stability; " \
+            if sharp["edge_of_stability"] else ""
+        cause = "the loss became non-finite" if divergence_loss is None else \
+            f"the loss {_fmt(divergence_loss)} exceeded the bound {_fmt(summary['loss_bound'])}"
+        return f"Diverged at step {step}: {cause}; {why}no locally PL region was kept."
+    outcome = {
+        "converged": f"converged at step {step}",
+        "max_steps": f"ended at step {summary['steps']} above the tolerance",
+        "incomplete": f"stopped at step {summary['steps']} before num_steps",
+    }[status]
+    tail = f"; {rate}" if rate else "; too few points above the precision floor to fit a rate"
+    if cert["in_local_regime"] is None:
+        return f"Local regime not measured (no NTK probes); the run {outcome}{tail}."
+    if not cert["in_local_regime"]:
+        return f"Left the local regime at step {cert['left_step']}: {cert['left_reason']}; " \
+            f"the run {outcome}{tail}."
+    drift = summary["ntk"]["kernel_drift_final"]
+    parts = [f"λ_min(K_t) ≥ {_fmt(bound['mu'])} > 0 at every probe"]
+    if drift is not None:
+        parts.append(f"kernel drift {_fmt(drift)} ≤ {summary['settings']['kernel_drift_bound']:g}")
+    if cert["mu_cert"] is not None:
+        relation = "> 0" if cert["certified"] else "≤ 0, not certified by Weyl's bound"
+        parts.append(f"certificate μ_cert = {_fmt(cert['mu_cert'])} {relation}")
+    return f"Stayed in a locally PL region: {', '.join(parts)}; the run {outcome}{tail}."
+
+
+def summarize(rows, *, learning_rate, l_star=0.0, tolerance=1e-6, loss_bound=None,
+              window=None, kernel_drift_bound=0.5, num_steps=None):
+    """Summarizes a run's metric history (see the module docstring for every rule).
+
+    Args:
+      rows: List of metric dicts sorted by `step` (rows of metrics.jsonl).
+      learning_rate: The GD step size η (> 0).
+      l_star: The optimal loss L* (0 for interpolation).
+      tolerance: Converged when L − L* ≤ tolerance at a logged step.
+      loss_bound: Diverged above this loss; default 1e6 × max(L_0, tolerance).
+      window: Optional (start_step, end_step) overriding the automatic stable window.
+      kernel_drift_bound: The run is in the local regime while every probe's
+        ‖K_t − K_0‖_F/‖K_0‖_F ≤ this bound (and λ_min(K_t) > 0).
+      num_steps: Planned steps; when given and the last logged step is below it and the run
+        neither converged nor diverged, status is `incomplete` instead of `max_steps`.
+
+    Returns:
+      A JSON-serializable dict (None for every missing or non-finite value) with keys status,
+      status_step, steps, initial_loss, final_loss, l_star, loss_bound, precision_floor, fit,
+      pl_ratio, drift, ntk, sharpness, bound, certificate, linearized, settings, verdict.
+
+    Raises:
+      ValueError: empty history, a row without `step`, a non-positive learning rate or a
+        malformed window.
+    """
+    if not rows:
+        raise ValueError("summarize: rows=[] (empty history); expected at least one metrics "
+                         "row with `step` and `loss`. Check that metrics.jsonl was written.")
+    if any("step" not in row or row["step"] is None for row in rows):
+        raise ValueError("summarize: a row has no `step`; expected every metrics row to carry "
+                         "its integer step. Fix the metric writer or drop that row.")
+    if _finite(learning_rate) is None or learning_rate <= 0:
+        raise ValueError(f"summarize: learning_rate={learning_rate!r}; expected a positive "
+                         "step size η. Pass the run's learning rate.")
+    if window is not None:
+        if len(window) != 2 or window[0] > window[1]:
+            raise ValueError(f"summarize: window={window!r}; expected (start_step, end_step) "
+                             "with start ≤ end, or None for the automatic window.")
+        window = [int(window[0]), int(window[1])]
+    rows = sorted(rows, key=lambda row: int(row["step"]))
+    status, status_step, bound_used, initial_loss = _status(rows, l_star, tolerance, loss_bound)
+    last_step = int(rows[-1]["step"])
+    if status == "max_steps" and num_steps is not None and last_step < num_steps:
+        status = "incomplete"
+    initial_gap = None if initial_loss is None else initial_loss - l_star
+    floor = max(tolerance, PRECISION_EPS * initial_gap) if initial_gap else tolerance
+    points = _stable_points(rows, l_star, floor, status_step, window)
+    fit = _fit(points)
+    window_steps = {s for s, _ in points} if fit["window"] else set()
+
+    pl = _series(rows, "pl_ratio")
+    pl_values = [v for _, v in pl]
+    drift = _series(rows, "drift")
+    lambda_min = _series(rows, "ntk_lambda_min")
+    mu = _min([v for _, v in lambda_min])
+    rate_bound = None if mu is None else 1.0 - learning_rate * mu
+    violations = None if rate_bound is None else _check_bound(
+        rows, l_star, floor, status_step if status == "diverged" else None, rate_bound)
+    summary = {
+        "status": status,
+        "status_step": status_step,
+        "steps": last_step,
+        "initial_loss": initial_loss,
+        "final_loss": _last(_series(rows, "loss")),
+        "l_star": float(l_star),
+        "loss_bound": bound_used,
+        "precision_floor": floor,
+        "fit": fit,
+        "pl_ratio": {
+            "min": _min(pl_values),
+            "median": float(np.median(pl_values)) if pl_values else None,
+            "lower_envelope": _min([v for s, v in pl if s in window_steps]),
+        },
+        "drift": {
+            "final": _last(drift),
+            "max": _max([v for _, v in drift]),
+            "relative_final": _last(_series(rows, "relative_drift")),
+        },
+        "ntk": {
+            "lambda_min_init": lambda_min[0][1] if lambda_min else None,
+            "lambda_min_min": mu,
+            "lambda_max_max": _max([v for _, v in _series(rows, "ntk_lambda_max")]),
+            "kernel_drift_final": _last(_series(rows, "kernel_drift")),
+        },
+        "sharpness": _sharpness(rows, learning_rate),
+        "bound": {
+            "mu": mu,
+            "rate_bound": rate_bound,
+            "fitted_rate": fit["rate"],
+            "holds": None if violations is None else not violations,
+            "violations": violations,
+            "relative_slack": BOUND_RELATIVE_SLACK,
+        },
+        "certificate": _certificate(rows, kernel_drift_bound),
+        "linearized": _linearized(rows, l_star, floor,
+                                  status_step if status == "diverged" else None),
+        "settings": {
+            "learning_rate": float(learning_rate),
+            "l_star": float(l_star),
+            "tolerance": float(tolerance),
+            "loss_bound": loss_bound,
+            "window": window,
+            "kernel_drift_bound": float(kernel_drift_bound),
+            "num_steps": num_steps,
+        },
+    }
+    divergence_loss = None
+    if status == "diverged":
+        divergence_loss = _finite(next(r for r in rows if r["step"] == status_step)["loss"])
+    summary["verdict"] = _verdict(summary, divergence_loss)
+    return _json_safe(summary)
+
+
+def _json_safe(value):
+    """Converts numpy scalars to Python numbers and non-finite floats to None, recursively."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _finite(value)
+    return value
+
+
+def linearized_loss_curve(kernel0, residual0, learning_rate, steps, n):
+    """Kernel-regime loss L_t^lin = ‖(I − ηK_0)^t r_0‖² / (2n) at the given steps.
+
+    Computed in float64 from the eigendecomposition of the symmetrized K_0:
+    L_t^lin = Σ_k (1 − ηλ_k)^{2t} (v_kᵀ r_0)² / (2n).
+
+    Args:
+      kernel0: K_0 = Θ_0 / n, shape (m, m) with m = n·O.
+      residual0: r_0 = vec(f(X) − Y) at initialization, shape (m,).
+      learning_rate: The GD step size η.
+      steps: Iterable of non-negative integer steps t.
+      n: Number of training examples (the 1/(2n) of the loss).
+
+    Returns:
+      float64 array of shape (len(steps),); +inf where the linearized dynamics overflow
+      (some η·λ_k > 2).
+    """
+    kernel0 = np.asarray(kernel0, dtype=np.float64)
+    residual0 = np.asarray(residual0, dtype=np.float64).reshape(-1)
+    if kernel0.ndim != 2 or kernel0.shape[0] != kernel0.shape[1] \
+            or kernel0.shape[0] != residual0.shape[0]:
+        raise ValueError(f"linearized_loss_curve: kernel0 shape {kernel0.shape} and residual0 "
+                         f"shape {residual0.shape}; expected (m, m) and (m,) with the same m = "
+                         "n·O. Pass the full normalized kernel K_0 and vec(f(X) − Y).")
+    if n <= 0:
+        raise ValueError(f"linearized_loss_curve: n={n}; expected the positive number of "
+                         "training examples.")
+    steps = np.asarray(list(steps), dtype=np.int64)
+    if np.any(steps < 0):
+        raise ValueError(f"linearized_loss_curve: steps contain {steps.min()}; expected "
+                         "non-negative integers.")
+    eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (kernel0 + kernel0.T))
+    weights = (eigenvectors.T @ residual0) ** 2
+    factors = (1.0 - learning_rate * eigenvalues) ** 2
+    with np.errstate(over="ignore"):  # η·λ > 2: the linearized dynamics diverge (→ inf)
+        powers = factors[None, :] ** steps[:, None].astype(np.float64)
+        return powers @ weights / (2.0 * n)

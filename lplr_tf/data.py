@@ -1,0 +1,388 @@
+"""Datasets for squared-loss training: digits, teacher-student, MNIST, CIFAR-10.
+
+Every loader returns a `Dataset` of float32 arrays `x` (n, *input_shape) and `y`
+(n, output_dim). Target conventions for classification (squared loss, DESIGN.md §1):
+
+* `targets="pm1"` (the "auto" choice for two classes `(a, b)`): one scalar target per
+  example, a -> -1 and b -> +1, i.e. y = 2k - 1 for the class at index k of `classes`;
+  output_dim 1.
+* `targets="one_hot"` (the "auto" choice for three or more classes): column k is 1 for
+  `classes[k]` and 0 elsewhere; output_dim len(classes).
+
+Subsets are `numpy.random.default_rng(seed).permutation(available)[:n]`: deterministic
+under the seed, and nested in n (the first n examples of a larger n) for one seed.
+
+The loaders are gin configurables in module "data" (`digits.n = 200`,
+`experiment.run.dataset = @data.digits`); every argument has a default. MNIST and
+CIFAR-10 are read through tensorflow-datasets from a prepared `data_dir` and never
+downloaded: data that is not prepared raises `DatasetNotAvailableError` at once.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from sklearn import datasets as sk_datasets
+
+_TARGETS = ("auto", "pm1", "one_hot")
+_SPLITS = ("train", "test")
+
+
+class DatasetNotAvailableError(ValueError):
+    """A tensorflow-datasets dataset is not prepared in the given `data_dir`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A training set held in memory.
+
+    Attributes:
+      name: Human-readable description, e.g. "digits(0 vs 1)".
+      x: Inputs, float32, shape (n, *input_shape).
+      y: Squared-loss targets, float32, shape (n, output_dim).
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self):
+        if self.x.ndim < 2 or self.y.ndim != 2 or len(self.x) != len(self.y):
+            raise ValueError(
+                f"Dataset {self.name!r}: got x of shape {self.x.shape} and y of shape "
+                f"{self.y.shape}; expected x (n, *input_shape) and y (n, output_dim) with "
+                "the same n. Reshape y to 2-D, e.g. y[:, None].")
+
+    @property
+    def n(self) -> int:
+        """Number of examples."""
+        return int(self.x.shape[0])
+
+    @property
+    def input_shape(self) -> tuple:
+        """Shape of one input, e.g. (64,) or (28, 28, 1)."""
+        return tuple(int(d) for d in self.x.shape[1:])
+
+    @property
+    def output_dim(self) -> int:
+        """Number of outputs O per example."""
+        return int(self.y.shape[1])
+
+
+# --------------------------------------------------------------------------------------
+# Validation and shared helpers.
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}. "
+                         f"Pass e.g. {name}={max(minimum, 1)}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}. Pass {name} >= {minimum}.")
+    return int(value)
+
+
+def _check_classes(classes, targets, dataset):
+    """Validates class ids in 0..9 (unique, at least two) and the target encoding."""
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise ValueError(f"{dataset}: classes must be a sequence of class ids; got "
+                         f"{classes!r}. Pass e.g. classes=(0, 1).")
+    bad = [c for c in classes
+           if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c <= 9]
+    if bad:
+        raise ValueError(f"{dataset}: unknown class ids {bad} in classes={tuple(classes)}; "
+                         "expected integers in 0..9.")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{dataset}: duplicate classes in classes={tuple(classes)}; "
+                         "list each class id once.")
+    if len(classes) < 2:
+        raise ValueError(f"{dataset}: got classes={tuple(classes)}, fewer than 2 classes; "
+                         "expected at least 2, e.g. classes=(0, 1).")
+    if targets not in _TARGETS:
+        raise ValueError(f"{dataset}: targets={targets!r} is not valid; expected one of "
+                         f"{', '.join(_TARGETS)}.")
+    if targets == "pm1" and len(classes) != 2:
+        raise ValueError(f"{dataset}: targets='pm1' needs exactly 2 classes; got "
+                         f"classes={tuple(classes)}. Use targets='one_hot' or 'auto'.")
+    return tuple(int(c) for c in classes)
+
+
+def _encode_targets(labels, classes, targets):
+    """Class ids (n,) -> float32 targets (n, 1) of ±1 or (n, len(classes)) one-hot."""
+    lookup = np.full(10, -1, dtype=np.int64)
+    lookup[list(classes)] = np.arange(len(classes))
+    index = lookup[labels]
+    if targets == "one_hot" or (targets == "auto" and len(classes) > 2):
+        return np.eye(len(classes), dtype=np.float32)[index]
+    return (2.0 * index - 1.0).astype(np.float32)[:, None]
+
+
+def _subset(labels, classes, n, seed, dataset):
+    """Seeded indices of n examples whose label is in `classes` (nested in n)."""
+    candidates = np.flatnonzero(np.isin(labels, classes))
+    if n > len(candidates):
+        raise ValueError(f"{dataset}: n={n} but only {len(candidates)} examples of classes "
+                         f"{classes} are available; pass n <= {len(candidates)}.")
+    return candidates[np.random.default_rng(seed).permutation(len(candidates))[:n]]
+
+
+def _standardize(x, axis):
+    """(x - mean) / std over `axis`; a zero std counts as 1 (constant features -> 0)."""
+    mean = x.mean(axis=axis, keepdims=True, dtype=np.float64)
+    std = x.std(axis=axis, keepdims=True, dtype=np.float64)
+    return ((x - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+def _name(dataset, classes, extra=""):
+    body = f"{classes[0]} vs {classes[1]}" if len(classes) == 2 else ",".join(map(str, classes))
+    return f"{dataset}({body}{extra})"
+
+
+# --------------------------------------------------------------------------------------
+# Loaders.
+
+
+@gin.configurable(module="data")
+def digits(n=200, classes=(0, 1), seed=0, image=False, targets="auto"):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 examples, offline).
+
+    Features are standardized per pixel over the selected n examples (zero mean, unit
+    variance; pixels constant on the subset become 0).
+
+    Args:
+      n: Number of examples, at most the number of digits of `classes` (~180 each).
+      classes: Digit ids in 0..9. Two -> ±1 targets (classes[0] -> -1, classes[1] -> +1);
+        more -> one-hot in the order given.
+      seed: Seed of the subset.
+      image: If True, x has shape (n, 8, 8, 1) (same per-pixel standardization) for
+        CNNs; else (n, 64).
+      targets: "auto", "pm1" (two classes only) or "one_hot".
+
+    Returns:
+      A `Dataset` with x (n, 64) or (n, 8, 8, 1) and y (n, 1) or (n, len(classes)).
+    """
+    n = _check_int("digits n", n, 1)
+    seed = _check_int("digits seed", seed, 0)
+    classes = _check_classes(classes, targets, "digits")
+    bunch = sk_datasets.load_digits()
+    index = _subset(bunch.target, classes, n, seed, "digits")
+    x = _standardize(bunch.data[index].astype(np.float32), axis=0)
+    if image:
+        x = x.reshape(n, 8, 8, 1)
+    return Dataset(_name("digits", classes), x, _encode_targets(bunch.target[index], classes,
+                                                                 targets))
+
+
+@gin.configurable(module="data")
+def teacher_student(n=256, input_dim=16, output_dim=1, teacher_width=64, seed=0):
+    """Inputs uniform on the unit sphere, targets from a random one-hidden-layer tanh teacher.
+
+    The teacher is f*(x) = tanh(x W1) W2 / sqrt(teacher_width) with W1 (input_dim,
+    teacher_width) and W2 (teacher_width, output_dim) standard normal: pre-activations
+    are N(0, 1) on the sphere and targets have variance about 0.4. Teacher and inputs use
+    independent streams of `seed`, so the teacher does not depend on n and the inputs
+    are nested in n.
+
+    Args:
+      n: Number of examples.
+      input_dim: Input dimension d (x lies on the unit sphere of R^d).
+      output_dim: Number of teacher outputs.
+      teacher_width: Hidden width of the teacher.
+      seed: Seed of the teacher and the inputs.
+
+    Returns:
+      A `Dataset` with x (n, input_dim), ||x_i||_2 = 1, and y (n, output_dim).
+    """
+    n = _check_int("teacher_student n", n, 1)
+    input_dim = _check_int("teacher_student input_dim", input_dim, 1)
+    output_dim = _check_int("teacher_student output_dim", output_dim, 1)
+    teacher_width = _check_int("teacher_student teacher_width", teacher_width, 1)
+    seed = _check_int("teacher_student seed", seed, 0)
+    teacher_rng, input_rng = map(np.random.default_rng, np.random.SeedSequence(seed).spawn(2))
+    w1 = teacher_rng.standard_normal((input_dim, teacher_width))
+    w2 = teacher_rng.standard_normal((teacher_width, output_dim))
+    x = input_rng.standard_normal((n, input_dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.tanh(x @ w1) @ w2 / np.sqrt(teacher_width)
+    name = f"teacher_student(d={input_dim}, width={teacher_width}, out={output_dim})"
+    return Dataset(name, x.astype(np.float32), y.astype(np.float32))
+
+
+def tfds_is_mocked():
+    """True inside `tfds.testing.mock_data`, which patches DatasetBuilder to serve fake data."""
+    as_dataset = tfds.core.DatasetBuilder.as_dataset
+    return getattr(as_dataset, "__module__", "").startswith("tensorflow_datasets.testing")
+
+
+def check_prepared(name, data_dir=None):
+    """Returns the tfds builder of `name` if its data is prepared in `data_dir`.
+
+    Never touches the network (offline, `tfds.load` retries for minutes before failing).
+    Under `tfds.testing.mock_data` the check passes: the mock serves the data.
+
+    Args:
+      name: tfds dataset name, e.g. "mnist".
+      data_dir: tfds data directory; None means tfds' default (~/tensorflow_datasets or
+        $TFDS_DATA_DIR).
+
+    Raises:
+      DatasetNotAvailableError: the dataset is not prepared; the message names the
+        directory looked in and how to prepare the data.
+    """
+    builder = tfds.builder(name, data_dir=data_dir)
+    if tfds_is_mocked() or builder.is_prepared():
+        return builder
+    where = data_dir or "DIR"
+    raise DatasetNotAvailableError(
+        f"Dataset {name!r} is not prepared in data_dir={data_dir!r} (looked for "
+        f"{builder.data_dir}); it is never downloaded here. On a machine with network run\n"
+        f"  python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+        f"data_dir='{where}').download_and_prepare()\"\n"
+        f"then copy {where} to this machine and pass the gin binding "
+        f"{name}.data_dir = '{where}'.")
+
+
+def _load_tfds(name, n, classes, data_dir, split, seed, targets, flatten, channel_axes):
+    """Shared body of `mnist` and `cifar10`: uint8 images -> standardized float32."""
+    n = _check_int(f"{name} n", n, 1)
+    seed = _check_int(f"{name} seed", seed, 0)
+    classes = _check_classes(classes, targets, name)
+    if split not in _SPLITS:
+        raise ValueError(f"{name}: split={split!r} is not valid; expected one of "
+                         f"{', '.join(_SPLITS)}.")
+    builder = check_prepared(name, data_dir)
+    wanted = tf.constant(classes, dtype=tf.int64)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["label"], wanted)))
+    images, labels = [], [np.zeros(0, np.int64)]
+    for batch in tfds.as_numpy(ds.batch(8192)):
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    labels = np.concatenate(labels).astype(np.int64)
+    index = _subset(labels, classes, n, seed, name)
+    x = _standardize(np.concatenate(images)[index].astype(np.float32) / 255.0, channel_axes)
+    if flatten:
+        x = x.reshape(n, -1)
+    y = _encode_targets(labels[index], classes, targets)
+    return Dataset(_name(name, classes, f", {split}"), x, y)
+
+
+@gin.configurable(module="data")
+def mnist(n=1000, classes=(0, 1), data_dir=None, split="train", seed=0, flatten=True,
+          targets="auto"):
+    """MNIST from a prepared tensorflow-datasets `data_dir` (never downloaded).
+
+    Pixels are scaled to [0, 1], then standardized with one global mean and std over the
+    selected n images.
+
+    Args:
+      n: Number of examples drawn (seeded) from the split's images of `classes`.
+      classes: Digit ids in 0..9; target conventions in the module docstring.
+      data_dir: tfds data directory (None: tfds' default).
+      split: "train" or "test".
+      seed: Seed of the subset.
+      flatten: x of shape (n, 784) if True, else (n, 28, 28, 1).
+      targets: "auto", "pm1" (two classes only) or "one_hot".
+
+    Returns:
+      A `Dataset`; y (n, 1) of ±1 or (n, len(classes)) one-hot.
+
+    Raises:
+      DatasetNotAvailableError: MNIST is not prepared in `data_dir` (a ValueError).
+    """
+    return _load_tfds("mnist", n, classes, data_dir, split, seed, targets, flatten,
+                      channel_axes=None)
+
+
+@gin.configurable(module="data")
+def cifar10(n=1000, classes=(0, 1), data_dir=None, split="train", seed=0, flatten=False,
+            targets="auto"):
+    """CIFAR-10 from a prepared tensorflow-datasets `data_dir` (never downloaded).
+
+    Pixels are scaled to [0, 1], then standardized per channel (mean and std over the
+    selected n images and all pixel positions).
+
+    Args:
+      n: Number of examples drawn (seeded) from the split's images of `classes`.
+      classes: Class ids in 0..9 (0 airplane, 1 automobile, ..., 9 truck).
+      data_dir: tfds data directory (None: tfds' default).
+      split: "train" or "test".
+      seed: Seed of the subset.
+      flatten: x of shape (n, 3072) if True, else (n, 32, 32, 3).
+      targets: "auto", "pm1" (two classes only) or "one_hot".
+
+    Returns:
+      A `Dataset`; y (n, 1) of ±1 or (n, len(classes)) one-hot.
+
+    Raises:
+      DatasetNotAvailableError: CIFAR-10 is not prepared in `data_dir` (a ValueError).
+    """
+    return _load_tfds("cifar10", n, classes, data_dir, split, seed, targets, flatten,
+                      channel_axes=(0, 1, 2))
+
+
+def _loaders():
+    return {"digits": digits, "teacher_student": teacher_student, "mnist": mnist,
+            "cifar10": cifar10}
+
+
+def available_datasets():
+    """Names accepted by `load_dataset`: ("digits", "teacher_student", "mnist", "cifar10")."""
+    return tuple(_loaders())
+
+
+def load_dataset(name, **kwargs):
+    """Loads a dataset by name; `kwargs` go to its loader and override gin bindings.
+
+    Raises:
+      ValueError: `name` is not one of `available_datasets()`.
+    """
+    loaders = _loaders()
+    if name not in loaders:
+        raise ValueError(f"Unknown dataset name {name!r}; expected one of: "
+                         f"{', '.join(loaders)}.")
+    return loaders[name](**kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# Mini-batch pipelines for SGD.
+
+
+def batch_pipeline(dataset, batch_size, seed):
+    """A reshuffling tf.data pipeline in which each full iteration is one epoch.
+
+    from_tensor_slices -> cache -> shuffle(n, seed, reshuffle_each_iteration=True) ->
+    batch(batch_size, drop_remainder=False) -> prefetch. Each epoch visits every example
+    once (the last batch may be smaller) in a new order; the sequence of epoch orders of
+    a freshly built pipeline is fixed by `seed` (and TF's global seed, if set). For an
+    order that depends on the epoch number alone (exact resume), use `make_batches`.
+
+    Returns:
+      A `tf.data.Dataset` of (x, y) float32 batches, shapes (b, *input_shape), (b, O).
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    ds = tf.data.Dataset.from_tensor_slices((dataset.x, dataset.y)).cache()
+    ds = ds.shuffle(dataset.n, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+
+
+def make_batches(dataset, batch_size, seed, epoch):
+    """The batches of one epoch, in an order fixed by (seed, epoch) alone.
+
+    The order is `numpy.random.default_rng([seed, epoch]).permutation(n)`, so a resumed
+    run replays epoch k exactly, whatever was iterated before.
+
+    Returns:
+      A `tf.data.Dataset` of (x, y) float32 batches covering the dataset once
+      (drop_remainder=False), shapes (b, *input_shape) and (b, O), prefetched.
+    """
+    batch_size = _check_int("batch_size", batch_size, 1)
+    seed = _check_int("seed", seed, 0)
+    epoch = _check_int("epoch", epoch, 0)
+    order = np.random.default_rng([seed, epoch]).permutation(dataset.n)
+    ds = tf.data.Dataset.from_tensor_slices((dataset.x[order], dataset.y[order]))
+    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,166 @@
+"""One probe of the optimization state: loss, gradient norm, PL ratio, drift, NTK, sharpness.
+
+Conventions (DESIGN.md §1): L = 1/(2n) sum ||f(x_i) - y_i||^2; the PL ratio is
+q = ||grad L||^2 / (2 (L - L*)); the NTK is reported normalized, K = Theta / n with
+Theta = J J^T of shape (n O, n O) ("full") or (n, n) ("trace"); drift is measured from the
+weights theta_0 captured when the probe is created (or restored on resume).
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from lplr_tf import hessian, ntk
+from lplr_tf.analysis import linearized_loss_curve
+from lplr_tf.trainer import squared_loss
+
+
+def flatten_variables(variables):
+    """Concatenates variables into one float32 vector of shape (P,)."""
+    return tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables], axis=0)
+
+
+def finite_or_none(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class Diagnostics:
+    """Measures the quantities of the LPLR theory at the network's current weights.
+
+    Args:
+      network: The `keras.Model` being trained.
+      x_loss, y_loss: The full training set, (n, ...) and (n, O): the logged loss.
+      x_probe, y_probe: The probe set for gradients, the PL ratio, the NTK and sharpness
+        (the full training set for GD, a fixed seeded subset for SGD).
+      l_star: L* of the PL ratio.
+      measure_ntk: Whether probes compute the NTK spectrum and kernel drift.
+      ntk_output_mode: "full" (nO x nO kernel, what the PL theory needs) or "trace".
+      measure_sharpness: Whether probes compute lambda_max of the loss Hessian.
+      linearized_learning_rate: If set (full-batch GD with the full kernel), the first NTK
+        probe also predicts the kernel-regime loss L_t^lin = ||(I - eta K_0)^t r_0||^2 / (2n)
+        with this step size, for every step in `linearized_steps`.
+      linearized_steps: The steps at which rows carry `loss_linearized` (the log steps).
+      jit_compile: XLA for the compiled measurement functions.
+    """
+
+    def __init__(
+        self,
+        network,
+        x_loss,
+        y_loss,
+        x_probe,
+        y_probe,
+        *,
+        l_star=0.0,
+        measure_ntk=True,
+        ntk_output_mode="full",
+        measure_sharpness=True,
+        linearized_learning_rate=None,
+        linearized_steps=(),
+        jit_compile=False,
+    ):
+        self.network = network
+        self.x_loss, self.y_loss = x_loss, y_loss
+        self.x_probe, self.y_probe = x_probe, y_probe
+        self.l_star = float(l_star)
+        self.measure_ntk = measure_ntk
+        self.ntk_output_mode = ntk_output_mode
+        self.measure_sharpness = measure_sharpness
+        self.linearized_learning_rate = linearized_learning_rate
+        self.linearized_steps = [int(s) for s in linearized_steps]
+        self.theta0 = tf.Variable(flatten_variables(network.trainable_variables), trainable=False)
+        self.kernel0 = None
+        self.spectrum = None
+        self.linearized = {}
+        self._loss = tf.function(self._loss_fn, jit_compile=jit_compile)
+        self._gradient = tf.function(self._gradient_fn, jit_compile=jit_compile)
+
+    def _loss_fn(self, x, y):
+        return squared_loss(self.network(x, training=False), y)
+
+    def _gradient_fn(self, x, y):
+        variables = self.network.trainable_variables
+        with tf.GradientTape() as tape:
+            loss = squared_loss(self.network(x, training=False), y)
+        gradient = flatten_variables(tape.gradient(loss, variables))
+        theta = flatten_variables(variables)
+        return loss, tf.reduce_sum(tf.square(gradient)), tf.norm(theta - self.theta0), tf.norm(
+            self.theta0
+        )
+
+    def measure(self, step, probe):
+        """Returns one metrics row at the current weights.
+
+        Args:
+          step: The training step the weights are at.
+          probe: Whether to include the NTK and sharpness (the expensive part).
+
+        Returns:
+          A dict with keys step, loss, probe_loss, grad_norm_sq, pl_ratio, drift,
+          relative_drift, and when probing ntk_lambda_min, ntk_lambda_max, ntk_trace,
+          ntk_condition, kernel_drift, kernel_drift_op, sharpness, gn_sharpness,
+          loss_linearized. Non-finite values are None.
+        """
+        loss = float(self._loss(self.x_loss, self.y_loss))
+        probe_loss, grad_norm_sq, drift, theta0_norm = (
+            float(t) for t in self._gradient(self.x_probe, self.y_probe)
+        )
+        gap = probe_loss - self.l_star
+        row = {
+            "step": int(step),
+            "loss": finite_or_none(loss),
+            "probe_loss": finite_or_none(probe_loss),
+            "grad_norm_sq": finite_or_none(grad_norm_sq),
+            "pl_ratio": finite_or_none(grad_norm_sq / (2.0 * gap)) if gap > 0 else None,
+            "drift": finite_or_none(drift),
+            "relative_drift": finite_or_none(drift / theta0_norm) if theta0_norm > 0 else None,
+        }
+        if probe and row["loss"] is not None:
+            if self.measure_ntk:
+                row.update(self._ntk_fields())
+            if self.measure_sharpness:
+                row["sharpness"] = finite_or_none(
+                    hessian.sharpness(self.network, self.x_probe, self.y_probe)
+                )
+        if step in self.linearized:
+            row["loss_linearized"] = self.linearized[step]
+        return row
+
+    def _ntk_fields(self):
+        num_examples = int(self.x_probe.shape[0])
+        theta = ntk.empirical_ntk(self.network, self.x_probe, output_mode=self.ntk_output_mode)
+        kernel = np.asarray(theta, dtype=np.float64) / num_examples
+        spectrum = ntk.ntk_spectrum(kernel)
+        if self.kernel0 is None:
+            self.kernel0 = kernel
+            if self.linearized_learning_rate and self.ntk_output_mode == "full":
+                self._predict_linearized()
+        difference = kernel - self.kernel0
+        fields = {
+            "ntk_lambda_min": float(spectrum.lambda_min),
+            "ntk_lambda_max": float(spectrum.lambda_max),
+            "ntk_trace": float(spectrum.trace),
+            "ntk_condition": finite_or_none(spectrum.condition_number),
+            "kernel_drift": float(np.linalg.norm(difference) / np.linalg.norm(self.kernel0)),
+            "kernel_drift_op": float(np.linalg.norm(difference, 2)),
+            "gn_sharpness": float(spectrum.lambda_max),
+        }
+        self.spectrum = spectrum
+        return fields
+
+    def _predict_linearized(self):
+        """Fills `self.linearized` from K_0 and r_0 = vec(f(X) - Y) at theta_0."""
+        residual0 = (
+            np.asarray(self.network(self.x_probe, training=False), np.float64)
+            - np.asarray(self.y_probe, np.float64)
+        ).reshape(-1)
+        curve = linearized_loss_curve(
+            self.kernel0,
+            residual0,
+            self.linearized_learning_rate,
+            self.linearized_steps,
+            int(self.x_probe.shape[0]),
+        )
+        self.linearized = {s: float(v) for s, v in zip(self.linearized_steps, curve)}

@@ -1,0 +1,114 @@
+"""Blocked assembly of a kernel under a memory budget.
+
+The kernel Θ(x1, x2) is assembled from blocks Θ(x1[I], x2[J]) over example blocks I, J.
+Each block needs the *features* of its two example blocks (activations and cotangents, or
+per-example gradients, `bytes_per_example` each) and a few (|I|·O × |J|·O) temporaries
+(`bytes_per_pair` per example pair). The block size b is the largest with
+
+    2·b·bytes_per_example + b²·bytes_per_pair <= budget,
+
+so the peak working memory stays under the budget (the assembled output itself, of size
+n1·n2·O² floats, is what the caller asked for and is not counted). Every entry of Θ is
+the same dot products whatever the blocking, so blocked and unblocked kernels agree to
+float rounding.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+_DEFAULT_FRACTION = 0.25
+_FALLBACK_BUDGET = 2 * 1024**3
+
+
+def default_memory_budget():
+    """A safe working-memory budget in bytes.
+
+    On CPU: a quarter of MemAvailable from /proc/meminfo (2 GiB where that is unreadable).
+    On GPU: TF does not report free device memory (its allocator reserves most of it up
+    front), so a fixed 2 GiB; pass `memory_budget_bytes` to use more.
+    """
+    if tf.config.list_logical_devices("GPU"):
+        return _FALLBACK_BUDGET
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * _DEFAULT_FRACTION)
+    except OSError:
+        pass
+    return _FALLBACK_BUDGET
+
+
+def choose_block_size(n, bytes_per_example, bytes_per_pair, budget, caller):
+    """Largest example-block size (<= n) whose working memory fits `budget` bytes."""
+    if budget <= 0:
+        raise ValueError(
+            f"{caller}: memory_budget_bytes={budget}; expected a positive number of bytes."
+        )
+    e, c = float(bytes_per_example), float(bytes_per_pair)
+    b = int((-2 * e + math.sqrt(4 * e * e + 4 * c * budget)) / (2 * c))
+    if b < 1:
+        need = int(2 * e + c)
+        raise ValueError(
+            f"{caller}: memory_budget_bytes={budget} is below the ~{need} bytes one "
+            "example pair needs; expected a larger budget. Raise memory_budget_bytes or pass "
+            "block_size explicitly."
+        )
+    return min(b, n)
+
+
+def block_starts(n, block_size):
+    """Block boundaries with sizes differing by at most one (at most two traced shapes)."""
+    num_blocks = -(-n // block_size)
+    edges = np.linspace(0, n, num_blocks + 1).round().astype(int)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def assemble(features_fn, contract_fn, x1, x2, block_size, rows_per_example, cache_features):
+    """Assembles Θ(x1, x2) from blocks; x2=None means the symmetric kernel Θ(x1, x1).
+
+    Args:
+      features_fn: x_block (b, ...) → features tuple.
+      contract_fn: (features1, features2) → Θ block, shape (b1·r, b2·r).
+      x1: (n1, ...) tensor. x2: (n2, ...) tensor or None.
+      block_size: Examples per block.
+      rows_per_example: r = O in "full" mode, 1 in "trace" mode.
+      cache_features: Keep the column blocks' features instead of recomputing them for
+        every row block (when they fit the budget).
+
+    Returns:
+      tf.Tensor (n1·r, n2·r), example-major.
+    """
+    symmetric = x2 is None
+    rows = block_starts(int(x1.shape[0]), block_size)
+    cols = rows if symmetric else block_starts(int(x2.shape[0]), block_size)
+    source = x1 if symmetric else x2
+    r = rows_per_example
+    out = None
+    cache = {}
+
+    def column_features(j):
+        if j in cache:
+            return cache[j]
+        start, stop = cols[j]
+        feats = features_fn(source[start:stop])
+        if cache_features:
+            cache[j] = feats
+        return feats
+
+    for i, (i0, i1) in enumerate(rows):
+        f1 = column_features(i) if symmetric else features_fn(x1[i0:i1])
+        for j in range(i if symmetric else 0, len(cols)):
+            j0, j1 = cols[j]
+            f2 = f1 if symmetric and i == j else column_features(j)
+            block = contract_fn(f1, f2).numpy()
+            if out is None:
+                out = np.empty((int(x1.shape[0]) * r, int(source.shape[0]) * r), block.dtype)
+            out[i0 * r:i1 * r, j0 * r:j1 * r] = block
+            if symmetric and i != j:
+                out[j0 * r:j1 * r, i0 * r:i1 * r] = block.T
+        if symmetric:
+            cache.pop(i, None)  # row block i's features are not needed again
+    return tf.convert_to_tensor(out)

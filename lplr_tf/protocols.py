@@ -1,0 +1,123 @@
+"""Training protocols as data: full-batch gradient descent and mini-batch SGD.
+
+A protocol says which batches the trainer takes, how far and how fast it goes, and how
+often it measures. It holds no tensors and does no work.
+"""
+
+import dataclasses
+from typing import Optional
+
+import gin
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """What the trainer runs.
+
+    Attributes:
+      name: "gd" or "sgd".
+      learning_rate: Step size eta of theta <- theta - eta * grad L_batch.
+      num_steps: Number of parameter updates.
+      batch_size: None for full-batch GD (every step sees all n examples in order);
+        the mini-batch size for SGD.
+      seed: Seed of the per-epoch shuffling (SGD) and of the probe subset.
+      log_every: Steps between logged diagnostics (step 0 and the last step always log).
+      probe_every: Steps between NTK / sharpness probes; a multiple of log_every.
+      probe_size: SGD only: size of the fixed seeded probe subset on which gradients, the
+        PL ratio and the NTK are measured (the loss is always measured on the full set).
+    """
+
+    name: str
+    learning_rate: float
+    num_steps: int
+    batch_size: Optional[int]
+    seed: int
+    log_every: int
+    probe_every: int
+    probe_size: Optional[int] = None
+
+    @property
+    def full_batch(self):
+        return self.batch_size is None
+
+    def validate(self, num_examples):
+        """Checks the protocol against the training-set size n.
+
+        Raises:
+          ValueError: naming the offending setting, what was expected and the fix.
+        """
+        prefix = f"protocol.{self.name}"
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"{prefix}.learning_rate = {self.learning_rate}; expected a positive step size."
+            )
+        if self.num_steps < 1:
+            raise ValueError(f"{prefix}.num_steps = {self.num_steps}; expected >= 1.")
+        if self.log_every < 1:
+            raise ValueError(
+                f"{prefix}.log_every = {self.log_every}; expected >= 1 (steps between logs)."
+            )
+        if self.probe_every < 1 or self.probe_every % self.log_every:
+            raise ValueError(
+                f"{prefix}.probe_every = {self.probe_every}; expected a positive multiple of "
+                f"log_every = {self.log_every}."
+            )
+        if self.batch_size is not None and not 1 <= self.batch_size <= num_examples:
+            raise ValueError(
+                f"{prefix}.batch_size = {self.batch_size}; expected 1 <= batch_size <= n = "
+                f"{num_examples} (the training-set size). Lower it or raise the data's n."
+            )
+        if self.probe_size is not None and self.probe_size < 1:
+            raise ValueError(
+                f"{prefix}.probe_size = {self.probe_size}; expected >= 1 (it is capped at n)."
+            )
+
+    def is_log_step(self, step):
+        return step % self.log_every == 0 or step == self.num_steps
+
+    def is_probe_step(self, step):
+        return step % self.probe_every == 0 or step == self.num_steps
+
+
+@gin.configurable(module="protocol")
+def gd(learning_rate=0.5, num_steps=1000, log_every=10, probe_every=None):
+    """Full-batch gradient descent, the setting of the LPLR theorems.
+
+    `probe_every` defaults to `log_every`.
+    """
+    return Protocol(
+        name="gd",
+        learning_rate=float(learning_rate),
+        num_steps=int(num_steps),
+        batch_size=None,
+        seed=0,
+        log_every=int(log_every),
+        probe_every=int(probe_every or log_every),
+    )
+
+
+@gin.configurable(module="protocol")
+def sgd(
+    learning_rate=0.1,
+    num_steps=1000,
+    batch_size=64,
+    seed=0,
+    log_every=50,
+    probe_every=None,
+    probe_size=256,
+):
+    """Mini-batch SGD with seeded reshuffling every epoch.
+
+    The loss is logged on the full training set; gradient norm, PL ratio and NTK on a fixed
+    seeded probe subset of `probe_size` examples (capped at n).
+    """
+    return Protocol(
+        name="sgd",
+        learning_rate=float(learning_rate),
+        num_steps=int(num_steps),
+        batch_size=int(batch_size),
+        seed=int(seed),
+        log_every=int(log_every),
+        probe_every=int(probe_every or log_every),
+        probe_size=None if probe_size is None else int(probe_size),
+    )

@@ -1,0 +1,123 @@
+"""The trainer: a Keras model with a custom squared-loss `train_step`, and the step loop.
+
+Training minimizes the squared loss of DESIGN.md §1 on each batch B,
+
+    L_B(theta) = 1 / (2 |B|) * sum_{i in B} || f(x_i; theta) - y_i ||^2,
+
+with plain gradient steps theta <- theta - eta * grad L_B (keras SGD, no momentum). With the
+full batch this is exactly the gradient descent of the LPLR theorems.
+"""
+
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+
+def squared_loss(predictions, targets):
+    """L = 1/(2n) sum_i ||f_i - y_i||^2 for predictions and targets of shape (n, O)."""
+    residual = tf.cast(predictions, tf.float32) - tf.cast(targets, tf.float32)
+    return 0.5 * tf.reduce_mean(tf.reduce_sum(tf.square(residual), axis=-1))
+
+
+class Trainer(keras.Model):
+    """Wraps a network; `train_step` takes one gradient step on the squared loss.
+
+    The wrapper is a regular Keras model: `trainer.fit(...)` works too, and our own loop
+    (`train`) calls the same `train_step` through one compiled function.
+
+    Args:
+      network: The `keras.Model` being trained, mapping (batch, ...) to (batch, O).
+      learning_rate: Step size eta.
+    """
+
+    def __init__(self, network, learning_rate, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.learning_rate = float(learning_rate)
+
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    @property
+    def metrics(self):
+        # Our own tracker: with no compiled loss, Keras would otherwise report loss = 0.
+        return [self.loss_tracker]
+
+    def train_step(self, data):
+        inputs, targets = data
+        with tf.GradientTape() as tape:
+            loss = squared_loss(self.network(inputs, training=True), targets)
+        variables = self.network.trainable_variables
+        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+
+def build_trainer(network, learning_rate, jit_compile):
+    """Returns a compiled `Trainer` with plain SGD at `learning_rate` and XLA pinned."""
+    trainer = Trainer(network, learning_rate)
+    trainer.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=learning_rate), jit_compile=jit_compile
+    )
+    trainer.optimizer.build(network.trainable_variables)
+    return trainer
+
+
+class ProgressReporter:
+    """Logs one progress line at most every `interval_seconds` (step, loss, rate so far)."""
+
+    def __init__(self, num_steps, l_star, interval_seconds=5.0):
+        self.num_steps = num_steps
+        self.l_star = l_star
+        self.interval_seconds = interval_seconds
+        self.start_time = time.monotonic()
+        self.last_time = None
+        self.initial_gap = None
+        self.initial_step = None
+
+    def __call__(self, step, loss, force=False):
+        gap = loss - self.l_star
+        if self.initial_gap is None:
+            self.initial_gap, self.initial_step = gap, step
+        now = time.monotonic()
+        if not force and self.last_time is not None and now - self.last_time < self.interval_seconds:
+            return
+        self.last_time = now
+        rate = ""
+        if step > self.initial_step and gap > 0 and self.initial_gap > 0:
+            per_step = (gap / self.initial_gap) ** (1.0 / (step - self.initial_step))
+            rate = f"  rate so far {per_step:.5f}/step"
+        speed = step / max(now - self.start_time, 1e-9)
+        logging.info(
+            "step %d/%d  loss %.4e%s  (%.1f steps/s)", step, self.num_steps, loss, rate, speed
+        )
+
+
+def train(trainer, batches, protocol, on_log, *, start_step=0, jit_compile=False):
+    """Runs the step loop from `start_step` to `protocol.num_steps`.
+
+    Args:
+      trainer: A compiled `Trainer`.
+      batches: An iterator of (x, y) batches; for full-batch GD the same batch forever.
+      protocol: The `Protocol` (num_steps and the log schedule).
+      on_log: Callable(step) -> bool, called at step `start_step` and at every log step after
+        an update; it measures and records, and returns True to stop (converged, diverged).
+      start_step: The step the weights are at (0, or the resumed step).
+      jit_compile: XLA for the step function.
+
+    Returns:
+      The last step reached.
+    """
+    step_function = tf.function(trainer.train_step, jit_compile=jit_compile)
+    step = start_step
+    if on_log(step):
+        return step
+    while step < protocol.num_steps:
+        step_function(next(batches))
+        step += 1
+        if protocol.is_log_step(step) and on_log(step):
+            break
+    return step
