@@ -14,8 +14,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from lplr_tf import analysis, configurables, data, plots, protocols, report  # noqa: F401 (registers)
-from lplr_tf.models import fc  # noqa: F401 (registers fc.build_model)
+# Importing configurables, data, models and protocols registers their gin configurables.
+from lplr_tf import analysis, configurables, data, models, plots, protocols, report  # noqa: F401
 from lplr_tf.diagnostics import Diagnostics
 from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.numerics import make_numerics
@@ -168,6 +168,6 @@ def run(
         num_steps=schedule.num_steps,
     )
     report.write_summary(workdir, summary)
-    title = f"{network.name} on {training_set.name}, {schedule.name}, eta = {schedule.learning_rate:g}"
+    title = f"{network.name} on {training_set.name}, {schedule.name}"
     plots.plot_convergence(rows, summary, os.path.join(workdir, "plots", "convergence.png"), title=title)
     return summary

