@@ -211,16 +211,20 @@ def _per_example_gradient(term, calls, deltas):
         n, num_outputs = tf.shape(delta)[0], delta.shape[1]
         if term.kind == "bn":
             axis = layer.axis % len(a.shape)
-            perm = [0] + [d for d in range(1, len(a.shape)) if d != axis] + [axis]
             shape = [1] * len(a.shape)
             shape[axis] = a.shape[axis]
             mean = tf.reshape(tf.cast(layer.moving_mean, a.dtype), shape)
             var = tf.reshape(tf.cast(layer.moving_variance, a.dtype), shape)
-            x_hat = _positions(tf.transpose((a - mean) * tf.math.rsqrt(var + layer.epsilon), perm))
-            d = tf.transpose(delta, [0, 1] + [p + 1 for p in perm[1:]])
+            x_hat = (a - mean) * tf.math.rsqrt(var + layer.epsilon)
+            d = delta
+            if axis != len(a.shape) - 1:  # channels to the last axis
+                perm = [0] + [k for k in range(1, len(a.shape)) if k != axis] + [axis]
+                x_hat = tf.transpose(x_hat, perm)
+                d = tf.transpose(delta, [0, 1] + [p + 1 for p in perm[1:]])
             d = tf.reshape(d, (n, num_outputs, -1, d.shape[-1]))
             if term.weight is not None:
-                parts_w.append(tf.einsum("ntc,notc->noc", x_hat, d))
+                # γ's per-example gradient Σ_p δ∘x̂ (β's is Σ_p δ, below).
+                parts_w.append(tf.reduce_sum(_positions(x_hat)[:, None] * d, axis=2))
         else:
             d = tf.reshape(delta, (n, num_outputs, -1, delta.shape[-1]))
             if term.weight is not None:
@@ -338,7 +342,9 @@ class StructuredFeatures:
             else:
                 dd = tf.einsum("iou,jou->ij", d1, d2) / num_outputs
             if term.weight is not None:
-                factor = term.weight_scale ** 2 * tf.matmul(a1, a2, transpose_b=True)
+                factor = tf.matmul(a1, a2, transpose_b=True)
+                if term.weight_scale != 1.0:
+                    factor *= term.weight_scale ** 2
                 if term.bias is not None:
                     factor += term.bias_scale ** 2
             else:

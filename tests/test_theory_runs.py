@@ -1,0 +1,79 @@
+"""The theory layer on real runs, against closed forms (DESIGN.md §1)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lplr_tf import experiment, protocols, report, train
+from lplr_tf.data import Dataset, teacher_student
+from lplr_tf.models.fc import build_model
+
+
+def _least_squares_problem(seed=0, num_examples=8, input_dim=20):
+    """Overparameterized linear regression: L* = 0, K = (X X^T + 1 1^T) / n exactly."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num_examples, input_dim)).astype(np.float32) / np.sqrt(input_dim)
+    y = rng.standard_normal((num_examples, 1)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    eigenvalues = np.linalg.eigvalsh((x64 @ x64.T + 1.0) / num_examples)
+    return Dataset(name="least_squares", x=x, y=y), eigenvalues
+
+
+def _run(tmp_path, dataset, learning_rate, num_steps, log_every=5, **model_kwargs):
+    model_kwargs = {"depth": 0, "parameterization": "standard", **model_kwargs}
+    return experiment.run(
+        str(tmp_path),
+        dataset=lambda: dataset,
+        model=lambda input_shape, output_dim: build_model(input_shape, output_dim, **model_kwargs),
+        protocol=lambda: protocols.gd(
+            learning_rate=learning_rate, num_steps=num_steps, log_every=log_every
+        ),
+        tolerance=1e-9,
+    )
+
+
+def test_linear_least_squares_matches_closed_forms(tmp_path):
+    dataset, eigenvalues = _least_squares_problem()
+    beta = eigenvalues[-1]  # the Hessian's nonzero spectrum is K's
+    summary = _run(tmp_path, dataset, 1.0 / beta, 200)
+    np.testing.assert_allclose(summary["sharpness"]["max"], beta, rtol=1e-4)
+    np.testing.assert_allclose(summary["bound"]["mu"], eigenvalues[0], rtol=1e-4)
+    np.testing.assert_allclose(summary["ntk"]["lambda_max_max"], beta, rtol=1e-4)
+    assert summary["linearized"]["max_relative_deviation"] < 1e-3
+    assert summary["linearized"]["departure_step"] is None
+    assert summary["certificate"]["lipschitz_estimate"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["certificate"]["certified"] is True
+    assert summary["bound"]["holds"] is True
+    assert summary["sharpness"]["step_size_ok"] is True
+
+
+def test_step_above_two_over_sharpness_diverges(tmp_path):
+    dataset, eigenvalues = _least_squares_problem()
+    summary = _run(tmp_path, dataset, 2.2 / eigenvalues[-1], 300)
+    assert summary["status"] == "diverged"
+    assert summary["status_step"] < 300
+    assert summary["sharpness"]["edge_of_stability"] is True
+    rows = report.read_metrics(str(tmp_path))
+    assert rows[-1]["step"] == summary["status_step"]
+
+
+def test_wide_net_follows_linearized_prediction_and_narrow_net_leaves_it(tmp_path):
+    dataset = teacher_student(n=16, input_dim=8, seed=1)
+    wide = _run(tmp_path / "wide", dataset, 0.5, 200, depth=1, width=4096,
+                parameterization="ntk", activation="tanh", weight_std=1.0)
+    narrow = _run(tmp_path / "narrow", dataset, 4.0, 200, depth=1, width=8,
+                  parameterization="ntk", activation="tanh", weight_std=1.0)
+    assert wide["linearized"]["max_relative_deviation"] < 0.1
+    assert wide["linearized"]["departure_step"] is None
+    assert narrow["linearized"]["departure_step"] is not None
+    assert narrow["linearized"]["max_relative_deviation"] > 0.1
+
+
+def test_report_reproduces_the_summary_of_a_finished_run(tmp_path):
+    workdir = tmp_path / "run"
+    train.launch(["digits_fc_gd.gin", "smoke.gin"], [], str(workdir))
+    written = (workdir / "summary.json").read_bytes()
+    (workdir / "summary.json").write_text(json.dumps({"settings": json.loads(written)["settings"]}))
+    assert report.main([str(workdir), "--no_plots"]) == 0
+    assert (workdir / "summary.json").read_bytes() == written
