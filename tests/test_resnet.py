@@ -68,7 +68,7 @@ def _explicit_ntk(model, x):
         with tf.GradientTape(persistent=True) as tape:
             f = model(x[i:i + 1], training=False)
         for o in range(f.shape[-1]):
-            grads = tape.gradient(f[0, o], variables, unconnected_gradients="zero")
+            grads = tape.gradient(f[0, o], variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             rows.append(np.concatenate([g.numpy().reshape(-1) for g in grads]))
         del tape
     jacobian = np.stack(rows).astype(np.float64)
