@@ -74,8 +74,37 @@ class Diagnostics:
         self.kernel0 = None
         self.spectrum = None
         self.linearized = {}
+        # Checkpointed copies of the reference state, so that a resumed run measures kernel
+        # drift and the linearized prediction against the original K_0 and theta_0.
+        num_probe = int(x_probe.shape[0])
+        kernel_dim = num_probe * int(y_probe.shape[-1]) if ntk_output_mode == "full" else num_probe
+        self._kernel0_state = tf.Variable(
+            tf.zeros([kernel_dim if measure_ntk else 0] * 2, tf.float64), trainable=False
+        )
+        self._linearized_state = tf.Variable(
+            tf.fill([len(self.linearized_steps)], tf.constant(float("nan"), tf.float64)),
+            trainable=False,
+        )
         self._loss = tf.function(self._loss_fn, jit_compile=jit_compile)
         self._gradient = tf.function(self._gradient_fn, jit_compile=jit_compile)
+
+    def checkpoint_state(self):
+        """The tf.Variables a checkpoint must hold for drift to be measured after a resume."""
+        return {
+            "theta0": self.theta0,
+            "kernel0": self._kernel0_state,
+            "loss_linearized": self._linearized_state,
+        }
+
+    def restore_state(self):
+        """Reloads K_0 and the linearized prediction after a checkpoint restore."""
+        kernel0 = self._kernel0_state.numpy()
+        if kernel0.size and np.any(kernel0):
+            self.kernel0 = kernel0
+        values = self._linearized_state.numpy()
+        self.linearized = {
+            s: float(v) for s, v in zip(self.linearized_steps, values) if not np.isnan(v)
+        }
 
     def _loss_fn(self, x, y):
         return squared_loss(self.network(x, training=False), y)
@@ -135,6 +164,7 @@ class Diagnostics:
         spectrum = ntk.ntk_spectrum(kernel)
         if self.kernel0 is None:
             self.kernel0 = kernel
+            self._kernel0_state.assign(kernel)
             if self.linearized_learning_rate and self.ntk_output_mode == "full":
                 self._predict_linearized()
         difference = kernel - self.kernel0
@@ -164,3 +194,4 @@ class Diagnostics:
             int(self.x_probe.shape[0]),
         )
         self.linearized = {s: float(v) for s, v in zip(self.linearized_steps, curve)}
+        self._linearized_state.assign(np.asarray(curve, np.float64))

@@ -1,12 +1,17 @@
 """The one configurable entry point: wires data, model, protocol, trainer, probes and analysis.
 
-Flow (DESIGN.md §2): numerics -> data -> model -> protocol -> trainer -> probes -> metric
-writer -> analysis. This is the only module that knows all the parts; the parts below it
-know nothing of gin files or of each other's internals.
+Flow (DESIGN.md §2): numerics -> distribute -> data -> model -> protocol -> trainer ->
+probes -> metric writer -> analysis. This is the only module that knows all the parts; the
+parts below it know nothing of gin files or of each other's internals.
+
+A run is resumable: the same call on the same workdir restores the newest readable
+checkpoint, keeps the metrics logged up to it, and continues; a finished run (summary.json
+with a final status) returns its summary without training again.
 """
 
-import itertools
 import os
+import signal
+import threading
 import time
 
 import gin
@@ -16,10 +21,14 @@ from absl import logging
 
 # Importing configurables, data, models and protocols registers their gin configurables.
 from lplr_tf import analysis, configurables, data, models, plots, protocols, report  # noqa: F401
+from lplr_tf.checkpointing import RunCheckpoint, RunLock
 from lplr_tf.diagnostics import Diagnostics
+from lplr_tf.distribute import is_chief, make_strategy
 from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.numerics import make_numerics
-from lplr_tf.trainer import ProgressReporter, build_trainer, train
+from lplr_tf.trainer import Interrupted, ProgressReporter, build_trainer, train
+
+FINAL_STATUSES = ("converged", "max_steps", "diverged")
 
 
 def _check_model_matches_data(network, dataset):
@@ -42,11 +51,40 @@ def _probe_subset(dataset, protocol):
 
 
 def _batches(dataset, protocol):
-    """An endless iterator of training batches."""
+    """An endless tf.data pipeline of global training batches."""
     if protocol.full_batch:
-        return itertools.repeat((tf.constant(dataset.x), tf.constant(dataset.y)))
-    pipeline = data.batch_pipeline(dataset, protocol.batch_size, seed=protocol.seed)
-    return iter(pipeline.repeat())
+        pipeline = tf.data.Dataset.from_tensor_slices((dataset.x, dataset.y)).batch(dataset.n)
+        return pipeline.cache().repeat()
+    return data.batch_pipeline(dataset, protocol.batch_size, seed=protocol.seed).repeat()
+
+
+def _own_workdir(workdir, strategy):
+    """The chief writes `workdir`; other workers of a cluster write workdir/workers/<task>."""
+    if is_chief(strategy):
+        return workdir
+    resolver = strategy.cluster_resolver
+    return os.path.join(workdir, "workers", f"{resolver.task_type}_{resolver.task_id}")
+
+
+class _TerminationFlag:
+    """Records SIGTERM (preemption) while installed, so the loop can checkpoint and stop."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.received = True
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 @gin.configurable(module="experiment", denylist=["workdir"])
@@ -64,11 +102,12 @@ def run(
     measure_sharpness=True,
     fit_window=None,
     kernel_drift_bound=0.5,
+    checkpoint_every=None,
 ):
     """Trains one configuration and writes the run directory (DESIGN.md §3).
 
     Args:
-      workdir: The run directory; created if needed.
+      workdir: The run directory; created if needed. Re-running on it resumes.
       dataset: A data loader called with no arguments, e.g. `@data.digits`.
       model: A model builder called as model(input_shape=..., output_dim=...), e.g.
         `@fc.build_model`.
@@ -83,91 +122,135 @@ def run(
       measure_sharpness: Probe lambda_max of the loss Hessian.
       fit_window: (first_step, last_step) of the rate fit; None finds it automatically.
       kernel_drift_bound: The largest kernel drift that still counts as the local regime.
+      checkpoint_every: Steps between checkpoints, a multiple of the log interval (default:
+        the probe interval). A checkpoint is also written at step 0, at the end, and on
+        SIGTERM.
 
     Returns:
       The summary dict also written to workdir/summary.json.
+
+    Raises:
+      ValueError: a bad setting (named, with the fix), or the workdir is in use.
+      trainer.Interrupted: SIGTERM was received; a checkpoint was written.
     """
     numerics = make_numerics()
     numerics.apply()
+    strategy = make_strategy()
     training_set = dataset()
     schedule = protocol()
     schedule.validate(training_set.n)
-    network = model(input_shape=training_set.input_shape, output_dim=training_set.output_dim)
-    _check_model_matches_data(network, training_set)
-    trainer = build_trainer(network, schedule.learning_rate, numerics.jit_compile)
-    logging.info(
-        "Data %s: n = %d, input %s, %d output(s). Model %s: %d parameters. Protocol %s.",
-        training_set.name,
-        training_set.n,
-        training_set.input_shape,
-        training_set.output_dim,
-        network.name,
-        network.count_params(),
-        schedule,
-    )
-
+    checkpoint_every = int(checkpoint_every or schedule.probe_every)
+    if checkpoint_every < 1 or checkpoint_every % schedule.log_every:
+        raise ValueError(
+            f"experiment.run.checkpoint_every = {checkpoint_every}; expected a positive multiple "
+            f"of the log interval {schedule.log_every}."
+        )
     x_probe, y_probe = _probe_subset(training_set, schedule)
     log_steps = [s for s in range(schedule.num_steps + 1) if schedule.is_log_step(s)]
-    diagnostics = Diagnostics(
-        network,
-        tf.constant(training_set.x),
-        tf.constant(training_set.y),
-        tf.constant(x_probe),
-        tf.constant(y_probe),
-        l_star=l_star,
-        measure_ntk=measure_ntk,
-        ntk_output_mode=ntk_output_mode,
-        measure_sharpness=measure_sharpness,
-        linearized_learning_rate=schedule.learning_rate if schedule.full_batch else None,
-        linearized_steps=log_steps,
-        jit_compile=numerics.jit_compile,
+    with strategy.scope():
+        network = model(input_shape=training_set.input_shape, output_dim=training_set.output_dim)
+        _check_model_matches_data(network, training_set)
+        trainer = build_trainer(network, schedule.learning_rate, numerics.jit_compile)
+        diagnostics = Diagnostics(
+            network,
+            tf.constant(training_set.x),
+            tf.constant(training_set.y),
+            tf.constant(x_probe),
+            tf.constant(y_probe),
+            l_star=l_star,
+            measure_ntk=measure_ntk,
+            ntk_output_mode=ntk_output_mode,
+            measure_sharpness=measure_sharpness,
+            linearized_learning_rate=schedule.learning_rate if schedule.full_batch else None,
+            linearized_steps=log_steps,
+            jit_compile=numerics.jit_compile,
+        )
+        batches = iter(strategy.experimental_distribute_dataset(_batches(training_set, schedule)))
+    logging.info(
+        "Data %s: n = %d, input %s, %d output(s). Model %s: %d parameters. %s. %d replica(s).",
+        training_set.name, training_set.n, training_set.input_shape, training_set.output_dim,
+        network.name, network.count_params(), schedule, strategy.num_replicas_in_sync,
     )
 
+    workdir = _own_workdir(workdir, strategy)
     os.makedirs(workdir, exist_ok=True)
-    operative_config = gin.operative_config_str()
-    with open(os.path.join(workdir, "operative_config.gin"), "w", encoding="utf-8") as file:
-        file.write(operative_config)
-    writer = MetricWriter(workdir)
-    writer.write_text("operative_config", operative_config)
-
-    rows = []
-    progress = ProgressReporter(schedule.num_steps, l_star)
-    start_time = time.monotonic()
-
-    def on_log(step):
-        row = diagnostics.measure(step, probe=schedule.is_probe_step(step))
-        row["wall_time"] = time.monotonic() - start_time
-        rows.append(row)
-        writer.write(row)
-        if "ntk_lambda_min" in row:
-            writer.write_histogram("ntk_spectrum", diagnostics.spectrum.eigenvalues, step)
-        loss = row["loss"]
-        if loss is None:
-            logging.warning("Step %d: the loss is not finite; stopping (diverged).", step)
-            return True
-        progress(step, loss, force=step in (0, schedule.num_steps))
-        bound = analysis.divergence_bound(rows[0]["loss"], tolerance, loss_bound)
-        if loss > bound:
-            logging.warning("Step %d: loss %.3e > bound %.3e; stopping (diverged).", step, loss, bound)
-            return True
-        return stop_on_convergence and loss - l_star <= tolerance
-
-    try:
-        train(trainer, _batches(training_set, schedule), schedule, on_log, jit_compile=numerics.jit_compile)
-    finally:
-        writer.close()
-
-    summary = analysis.summarize(
-        rows,
-        learning_rate=schedule.learning_rate,
-        l_star=l_star,
-        tolerance=tolerance,
-        loss_bound=loss_bound,
-        window=fit_window,
-        kernel_drift_bound=kernel_drift_bound,
+    settings = dict(
+        learning_rate=schedule.learning_rate, l_star=l_star, tolerance=tolerance,
+        loss_bound=loss_bound, window=fit_window, kernel_drift_bound=kernel_drift_bound,
         num_steps=schedule.num_steps,
     )
-    report.write_summary(workdir, summary)
-    title = f"{network.name} on {training_set.name}, {schedule.name}"
-    plots.plot_convergence(rows, summary, os.path.join(workdir, "plots", "convergence.png"), title=title)
-    return summary
+    with RunLock(workdir):
+        finished = report.read_summary(workdir)
+        if finished and finished.get("status") in FINAL_STATUSES:
+            logging.info("%s already finished (%s); nothing to do.", workdir, finished["status"])
+            return finished
+        checkpoint = RunCheckpoint(
+            os.path.join(workdir, "checkpoints"),
+            network=network,
+            optimizer=trainer.optimizer,
+            **({} if schedule.full_batch else {"iterator": batches}),
+            **diagnostics.checkpoint_state(),
+        )
+        start_step = checkpoint.restore()
+        rows = []
+        if start_step is not None:
+            diagnostics.restore_state()
+            rows = [r for r in report.read_metrics(workdir) if r["step"] <= start_step]
+        with open(os.path.join(workdir, "operative_config.gin"), "w", encoding="utf-8") as file:
+            file.write(gin.operative_config_str())
+        writer = MetricWriter(workdir, rows)
+        writer.write_text("operative_config", gin.operative_config_str())
+        progress = ProgressReporter(schedule.num_steps, l_star)
+        elapsed_before = (rows[-1].get("wall_time") or 0.0) if rows else 0.0
+        start_time = time.monotonic() - elapsed_before
+
+        def on_log(step):
+            row = diagnostics.measure(step, probe=schedule.is_probe_step(step))
+            row["wall_time"] = time.monotonic() - start_time
+            rows.append(row)
+            writer.write(row)
+            if "ntk_lambda_min" in row and diagnostics.spectrum.eigenvalues is not None:
+                writer.write_histogram("ntk_spectrum", diagnostics.spectrum.eigenvalues, step)
+            stop = _should_stop(row, rows[0]["loss"], l_star, tolerance, loss_bound)
+            stop = stop == "diverged" or (stop == "converged" and stop_on_convergence)
+            if stop or step % checkpoint_every == 0 or step == schedule.num_steps:
+                checkpoint.save(step)
+            if row["loss"] is not None:
+                progress(step, row["loss"], force=step in (0, schedule.num_steps) or stop)
+            return stop
+
+        try:
+            with _TerminationFlag() as termination:
+                train(
+                    trainer, batches, schedule, on_log, strategy=strategy,
+                    start_step=start_step or 0, resumed=start_step is not None,
+                    interrupted=lambda: termination.received, jit_compile=numerics.jit_compile,
+                )
+        except Interrupted as interruption:
+            checkpoint.save(interruption.step)
+            logging.warning("SIGTERM at step %d: checkpoint written; rerun to resume.",
+                            interruption.step)
+            raise
+        finally:
+            writer.close()
+
+        summary = analysis.summarize(rows, **settings)
+        report.write_summary(workdir, summary)
+        title = f"{network.name} on {training_set.name}, {schedule.name}"
+        plots.plot_convergence(rows, summary, os.path.join(workdir, report.CONVERGENCE_PLOT),
+                               title=title)
+        return summary
+
+
+def _should_stop(row, initial_loss, l_star, tolerance, loss_bound):
+    """'diverged', 'converged' or None for a freshly logged row (the analysis' own rules)."""
+    loss = row["loss"]
+    if loss is None:
+        logging.warning("Step %d: the loss is not finite; stopping (diverged).", row["step"])
+        return "diverged"
+    bound = analysis.divergence_bound(initial_loss, tolerance, loss_bound)
+    if loss > bound:
+        logging.warning("Step %d: loss %.3e > bound %.3e; stopping (diverged).",
+                        row["step"], loss, bound)
+        return "diverged"
+    return "converged" if loss - l_star <= tolerance else None

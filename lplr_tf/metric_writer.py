@@ -28,10 +28,17 @@ class MetricWriter:
 
     Args:
       workdir: The run directory (must exist).
+      kept_rows: The rows logged before a resume (up to the restored checkpoint). The file is
+        first replaced, atomically, by exactly these rows: rows logged after the checkpoint
+        by a crashed process are dropped, so every step appears once.
     """
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, kept_rows=()):
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        temporary = self.metrics_path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(json_safe(row), sort_keys=True) + "\n" for row in kept_rows)
+        os.replace(temporary, self.metrics_path)
         self._file = open(self.metrics_path, "a", encoding="utf-8")
         self._summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
 

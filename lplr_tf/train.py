@@ -7,7 +7,10 @@ Flags: --gin_file (repeatable; a path, or the bare name of a config shipped in
 gin_configs/), --gin_bindings (repeatable), --workdir. Every other knob is a gin binding.
 
 Exit codes: 0 the run ended `converged` or `max_steps`; 1 an unexpected error (traceback);
-2 a configuration error (one message naming the value and the fix); 3 the run `diverged`.
+2 a configuration error (one message naming the value and the fix); 3 the run `diverged`;
+4 preempted (SIGTERM): a checkpoint was written, rerun the same command to resume.
+
+Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
 import os
@@ -17,8 +20,11 @@ import gin
 import importlib_resources
 from absl import app, flags, logging
 
+from lplr_tf.trainer import Interrupted
+
 EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 4
 
 FLAGS = flags.DEFINE_multi_string(
     "gin_file", [], "Gin config file: a path, or the bare name of a file in gin_configs/."
@@ -54,6 +60,7 @@ def resolve_config_file(name):
 def parse_config(gin_files, gin_bindings):
     """Parses and finalizes the gin config; returns the text of what was asked (config.gin)."""
     paths = [resolve_config_file(name) for name in gin_files]
+    gin.clear_config()  # one launch, one config (sweeps launch several in one process)
     gin.add_config_file_search_path(shipped_configs_dir())
     # gin logs a spurious error for every `include` it then finds on the search path.
     verbosity = logging.get_verbosity()
@@ -95,7 +102,16 @@ def launch(gin_files, gin_bindings, workdir):
 
     prepare_workdir(workdir)
     config_text = parse_config(gin_files, gin_bindings)
-    with open(os.path.join(workdir, "config.gin"), "w", encoding="utf-8") as file:
+    config_path = os.path.join(workdir, "config.gin")
+    if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as file:
+            if file.read() != config_text:
+                raise ConfigError(
+                    f"--workdir={workdir} holds a run started with another configuration (see "
+                    f"{config_path}); resuming needs the same --gin_file and --gin_bindings. "
+                    "Use a new --workdir for a new configuration."
+                )
+    with open(config_path, "w", encoding="utf-8") as file:
         file.write(config_text)
     return experiment.run(workdir)
 
@@ -109,6 +125,9 @@ def main(argv):
         # Every ValueError of lplr_tf names the value, what was expected and the fix.
         logging.error("%s", error)
         return EXIT_CONFIG_ERROR
+    except Interrupted as interruption:
+        logging.warning("Preempted at step %d; rerun the same command to resume.", interruption.step)
+        return EXIT_PREEMPTED
     logging.info("Summary written to %s", os.path.join(_WORKDIR.value, "summary.json"))
     logging.info("%s", summary.get("verdict", summary["status"]))
     return EXIT_DIVERGED if summary["status"] == "diverged" else 0

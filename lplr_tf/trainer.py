@@ -6,6 +6,10 @@ Training minimizes the squared loss of DESIGN.md §1 on each batch B,
 
 with plain gradient steps theta <- theta - eta * grad L_B (keras SGD, no momentum). With the
 full batch this is exactly the gradient descent of the LPLR theorems.
+
+Under a tf.distribute strategy each replica sums the squared residuals of its shard and
+divides by the global batch size (all-reduced), and the optimizer sums the replicas'
+gradients: R replicas take exactly the step one device would.
 """
 
 import time
@@ -48,8 +52,11 @@ class Trainer(keras.Model):
 
     def train_step(self, data):
         inputs, targets = data
+        local_size = tf.cast(tf.shape(inputs)[0], tf.float32)
+        global_size = tf.distribute.get_replica_context().all_reduce("sum", local_size)
         with tf.GradientTape() as tape:
-            loss = squared_loss(self.network(inputs, training=True), targets)
+            residual = tf.cast(self.network(inputs, training=True), tf.float32) - targets
+            loss = 0.5 * tf.reduce_sum(tf.square(residual)) / global_size
         variables = self.network.trainable_variables
         self.optimizer.apply(tape.gradient(loss, variables), variables)
         self.loss_tracker.update_state(loss)
@@ -96,28 +103,51 @@ class ProgressReporter:
         )
 
 
-def train(trainer, batches, protocol, on_log, *, start_step=0, jit_compile=False):
+class Interrupted(Exception):
+    """Training stopped early on request (SIGTERM); `step` is where the weights are."""
+
+    def __init__(self, step):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+
+
+def train(trainer, batches, protocol, on_log, *, strategy, start_step=0, resumed=False,
+          interrupted=lambda: False, jit_compile=False):
     """Runs the step loop from `start_step` to `protocol.num_steps`.
 
     Args:
-      trainer: A compiled `Trainer`.
-      batches: An iterator of (x, y) batches; for full-batch GD the same batch forever.
+      trainer: A compiled `Trainer` built under `strategy.scope()`.
+      batches: An iterator of distributed (x, y) batches (from
+        `strategy.experimental_distribute_dataset`).
       protocol: The `Protocol` (num_steps and the log schedule).
-      on_log: Callable(step) -> bool, called at step `start_step` and at every log step after
-        an update; it measures and records, and returns True to stop (converged, diverged).
+      on_log: Callable(step) -> bool, called at `start_step` (unless resumed: it was logged
+        before) and at every log step after an update; it measures and records, and returns
+        True to stop (converged, diverged).
+      strategy: The tf.distribute strategy the trainer was built under.
       start_step: The step the weights are at (0, or the resumed step).
+      resumed: Whether `start_step` was already logged by an earlier process.
+      interrupted: Callable() -> bool polled after every step (e.g. SIGTERM received).
       jit_compile: XLA for the step function.
 
     Returns:
       The last step reached.
+
+    Raises:
+      Interrupted: when `interrupted()` became true; its `step` is where the weights are.
     """
-    step_function = tf.function(trainer.train_step, jit_compile=jit_compile)
+
+    @tf.function(jit_compile=jit_compile)
+    def step_function(batch):
+        strategy.run(trainer.train_step, args=(batch,))
+
     step = start_step
-    if on_log(step):
+    if not resumed and on_log(step):
         return step
     while step < protocol.num_steps:
         step_function(next(batches))
         step += 1
         if protocol.is_log_step(step) and on_log(step):
             break
+        if interrupted():
+            raise Interrupted(step)
     return step

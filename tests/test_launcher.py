@@ -3,7 +3,6 @@
 import json
 import os
 
-import gin
 import pytest
 
 from lplr_tf import train
@@ -77,7 +76,6 @@ def test_config_found_by_path_and_by_name(tmp_path):
 )
 def test_bad_configuration_is_one_clear_message(files, bindings, message, tmp_path):
     with pytest.raises(ValueError, match=message):
-        gin.clear_config()
         train.launch(files, bindings, str(tmp_path))
 
 

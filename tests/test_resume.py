@@ -1,0 +1,150 @@
+"""Surviving crashes: kill -9 and SIGTERM mid-run, truncated checkpoints, one run per workdir."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lplr_tf import checkpointing, report, train
+
+# 300 GD steps on 32 digits, a row every 10 steps, NTK probe and checkpoint every 50.
+BINDINGS = [
+    "data.digits.n = 32",
+    "fc.build_model.width = 256",
+    "protocol.gd.num_steps = 300",
+    "protocol.gd.learning_rate = 1.0",
+    "protocol.gd.probe_every = 50",
+    "experiment.run.measure_sharpness = False",
+    "experiment.run.stop_on_convergence = False",
+]
+
+
+def _command(workdir, bindings=BINDINGS):
+    return [sys.executable, "-m", "lplr_tf.train", "--gin_file=digits_fc_gd.gin",
+            f"--workdir={workdir}"] + [f"--gin_bindings={b}" for b in bindings]
+
+
+def _start(workdir, bindings=BINDINGS):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen(_command(workdir, bindings), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(workdir, step, process, timeout=240):
+    deadline = time.monotonic() + timeout
+    path = os.path.join(workdir, "metrics.jsonl")
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as file:
+                steps = [json.loads(line)["step"] for line in file if line.endswith("\n")]
+            if steps and steps[-1] >= step:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no step {step} logged in {timeout} s")
+
+
+def _assert_close(actual, expected, path="summary"):
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), path
+        for key in expected:
+            if key not in ("verdict",):
+                _assert_close(actual[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, float):
+        assert math.isclose(actual, expected, rel_tol=1e-4, abs_tol=1e-9), (path, actual, expected)
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected), path
+        for a, e in zip(actual, expected):
+            _assert_close(a, e, path)
+    else:
+        assert actual == expected, (path, actual, expected)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    summary = train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)
+    return summary, report.read_metrics(workdir)
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted):
+    workdir = str(tmp_path)
+    process = _start(workdir)
+    _wait_for_step(workdir, 170, process)
+    process.kill()  # SIGKILL: no chance to clean up
+    process.wait()
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+    summary = train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)  # stale lock taken over
+    rows = report.read_metrics(workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as file:
+        logged_steps = [json.loads(line)["step"] for line in file]
+    assert logged_steps == list(range(0, 301, 10))
+    expected_summary, expected_rows = uninterrupted
+    _assert_close(summary, expected_summary)
+    for row, expected in zip(rows, expected_rows):
+        _assert_close({k: v for k, v in row.items() if k != "wall_time"},
+                      {k: v for k, v in expected.items() if k != "wall_time"}, f"step {row['step']}")
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_4(tmp_path):
+    workdir = str(tmp_path)
+    process = _start(workdir)
+    _wait_for_step(workdir, 60, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == train.EXIT_PREEMPTED
+    checkpoint = checkpointing.RunCheckpoint(os.path.join(workdir, "checkpoints"))
+    assert checkpoint.manager.latest_checkpoint is not None
+    assert not os.path.exists(os.path.join(workdir, checkpointing.LOCK_FILE))
+    summary = train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)
+    assert summary["steps"] == 300
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, uninterrupted):
+    workdir = str(tmp_path)
+    train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)
+    os.remove(os.path.join(workdir, "summary.json"))  # make it resumable again
+    checkpoints = os.path.join(workdir, "checkpoints")
+    newest = sorted((f for f in os.listdir(checkpoints) if ".data-" in f),
+                    key=lambda f: int(f.split("-")[1].split(".")[0]))[-1]
+    assert newest.startswith("ckpt-300")
+    with open(os.path.join(checkpoints, newest), "r+b") as file:
+        file.truncate(os.path.getsize(os.path.join(checkpoints, newest)) // 2)
+    summary = train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as file:
+        assert [json.loads(line)["step"] for line in file] == list(range(0, 301, 10))
+    _assert_close(summary, uninterrupted[0])
+
+
+def test_second_run_on_a_live_workdir_is_refused(tmp_path):
+    workdir = str(tmp_path)
+    process = _start(workdir)
+    try:
+        _wait_for_step(workdir, 0, process)
+        with pytest.raises(checkpointing.RunLockedError,
+                           match=rf"--workdir={workdir} is in use by process {process.pid}"):
+            train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_changed_configuration_on_a_resumable_workdir_is_refused(tmp_path):
+    workdir = str(tmp_path)
+    bindings = BINDINGS[:2] + ["protocol.gd.num_steps = 20", "protocol.gd.probe_every = 10"]
+    train.launch(["digits_fc_gd.gin"], bindings, workdir)
+    with pytest.raises(ValueError, match="holds a run started with another configuration"):
+        train.launch(["digits_fc_gd.gin"], bindings + ["fc.build_model.width = 64"], workdir)
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    workdir = str(tmp_path)
+    bindings = BINDINGS[:2] + ["protocol.gd.num_steps = 20", "protocol.gd.probe_every = 10"]
+    first = train.launch(["digits_fc_gd.gin"], bindings, workdir)
+    modified = os.path.getmtime(os.path.join(workdir, "metrics.jsonl"))
+    assert train.launch(["digits_fc_gd.gin"], bindings, workdir) == first
+    assert os.path.getmtime(os.path.join(workdir, "metrics.jsonl")) == modified
