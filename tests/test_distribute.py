@@ -1,0 +1,127 @@
+"""tf.distribute: Mirrored over 2 logical CPUs and MultiWorkerMirrored over 2 local processes
+give the single-device numbers; TPU and strategy settings fail with clear messages.
+
+Logical devices must be configured before TensorFlow initializes, so every distributed run
+happens in a fresh subprocess.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from lplr_tf import report, train
+from lplr_tf.distribute import make_strategy
+
+BINDINGS = [
+    "data.digits.n = 24",
+    "fc.build_model.width = 64",
+    "protocol.gd.num_steps = 40",
+    "protocol.gd.log_every = 5",
+    "protocol.gd.probe_every = 20",
+    "protocol.gd.learning_rate = 1.0",
+    "experiment.run.stop_on_convergence = False",
+]
+COMPARED = ("loss", "grad_norm_sq", "pl_ratio", "drift", "ntk_lambda_min", "ntk_lambda_max",
+            "kernel_drift", "sharpness")
+
+RUN_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from lplr_tf import train
+    workdir, bindings = sys.argv[1], sys.argv[2:]
+    train.launch(["digits_fc_gd.gin"], bindings, workdir)
+""")
+
+
+def _run_script(workdir, bindings, env=None, wait=True):
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUN_SCRIPT, str(workdir), *bindings],
+        env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if not wait:
+        return process
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    return process
+
+
+def _assert_same_metrics(rows, expected_rows):
+    assert [r["step"] for r in rows] == [r["step"] for r in expected_rows]
+    for row, expected in zip(rows, expected_rows):
+        for key in COMPARED:
+            if expected.get(key) is None:
+                assert row.get(key) is None, (row["step"], key)
+            else:
+                assert row[key] == pytest.approx(expected[key], rel=2e-4, abs=1e-7), (
+                    row["step"], key)
+
+
+@pytest.fixture(scope="module")
+def single_device(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("single")
+    train.launch(["digits_fc_gd.gin"], BINDINGS, str(workdir))
+    return report.read_metrics(workdir)
+
+
+def test_mirrored_over_two_cpus_equals_single_device(tmp_path, single_device):
+    _run_script(tmp_path, BINDINGS + [
+        "distribute.strategy = 'mirrored'", "distribute.devices = ['/cpu:0', '/cpu:1']"])
+    _assert_same_metrics(report.read_metrics(tmp_path), single_device)
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_over_two_processes_equals_single_device(tmp_path, single_device):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(_run_script(
+            tmp_path, BINDINGS + ["distribute.strategy = 'multi_worker'"],
+            env={"TF_CONFIG": json.dumps(tf_config)}, wait=False))
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+    _assert_same_metrics(report.read_metrics(tmp_path), single_device)
+    assert os.path.isfile(tmp_path / "workers" / "worker_1" / "summary.json")
+
+
+def test_tpu_settings_fail_clearly():
+    with pytest.raises(ValueError, match="needs distribute.tpu"):
+        make_strategy("tpu")
+    # Connecting to a TPU changes the process's TF context: probe it in a fresh process.
+    code = ("from lplr_tf.distribute import make_strategy\n"
+            "try:\n    make_strategy('tpu', tpu='local')\n"
+            "except ValueError as error:\n    print('MESSAGE', error)\n")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")).stdout
+    assert "MESSAGE No TPU reachable at distribute.tpu = 'local'" in output
+    assert "On a TPU VM use distribute.tpu = 'local'" in output
+
+
+def test_unknown_strategy_and_missing_tf_config_are_named(monkeypatch):
+    with pytest.raises(ValueError, match=r"distribute.strategy = 'mirorred'; expected one of"):
+        make_strategy("mirorred")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG = '{not json' is not valid"):
+        make_strategy("multi_worker")
