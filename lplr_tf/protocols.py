@@ -9,6 +9,8 @@ from typing import Optional
 
 import gin
 
+from lplr_tf import validation
+
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
@@ -41,35 +43,23 @@ class Protocol:
         return self.batch_size is None
 
     def validate(self, num_examples):
-        """Checks the protocol against the training-set size n.
+        """Checks the settings against each other and the training-set size n.
+
+        (Each setting alone is checked when the protocol is made.)
 
         Raises:
           ValueError: naming the offending setting, what was expected and the fix.
         """
         prefix = f"protocol.{self.name}"
-        if not self.learning_rate > 0:
-            raise ValueError(
-                f"{prefix}.learning_rate = {self.learning_rate}; expected a positive step size."
-            )
-        if self.num_steps < 1:
-            raise ValueError(f"{prefix}.num_steps = {self.num_steps}; expected >= 1.")
-        if self.log_every < 1:
-            raise ValueError(
-                f"{prefix}.log_every = {self.log_every}; expected >= 1 (steps between logs)."
-            )
-        if self.probe_every < 1 or self.probe_every % self.log_every:
+        if self.probe_every % self.log_every:
             raise ValueError(
                 f"{prefix}.probe_every = {self.probe_every}; expected a positive multiple of "
                 f"log_every = {self.log_every}."
             )
-        if self.batch_size is not None and not 1 <= self.batch_size <= num_examples:
+        if self.batch_size is not None and self.batch_size > num_examples:
             raise ValueError(
                 f"{prefix}.batch_size = {self.batch_size}; expected 1 <= batch_size <= n = "
                 f"{num_examples} (the training-set size). Lower it or raise the data's n."
-            )
-        if self.probe_size is not None and self.probe_size < 1:
-            raise ValueError(
-                f"{prefix}.probe_size = {self.probe_size}; expected >= 1 (it is capped at n)."
             )
 
     def is_log_step(self, step):
@@ -87,12 +77,12 @@ def gd(learning_rate=0.5, num_steps=1000, log_every=10, probe_every=None):
     """
     return Protocol(
         name="gd",
-        learning_rate=float(learning_rate),
-        num_steps=int(num_steps),
+        learning_rate=validation.positive_number("protocol.gd.learning_rate", learning_rate),
+        num_steps=validation.integer("protocol.gd.num_steps", num_steps, 1),
         batch_size=None,
         seed=0,
-        log_every=int(log_every),
-        probe_every=int(probe_every or log_every),
+        log_every=validation.integer("protocol.gd.log_every", log_every, 1),
+        probe_every=validation.integer("protocol.gd.probe_every", probe_every or log_every, 1),
     )
 
 
@@ -113,11 +103,12 @@ def sgd(
     """
     return Protocol(
         name="sgd",
-        learning_rate=float(learning_rate),
-        num_steps=int(num_steps),
-        batch_size=int(batch_size),
-        seed=int(seed),
-        log_every=int(log_every),
-        probe_every=int(probe_every or log_every),
-        probe_size=None if probe_size is None else int(probe_size),
+        learning_rate=validation.positive_number("protocol.sgd.learning_rate", learning_rate),
+        num_steps=validation.integer("protocol.sgd.num_steps", num_steps, 1),
+        batch_size=validation.integer("protocol.sgd.batch_size", batch_size, 1),
+        seed=validation.integer("protocol.sgd.seed", seed, 0),
+        log_every=validation.integer("protocol.sgd.log_every", log_every, 1),
+        probe_every=validation.integer("protocol.sgd.probe_every", probe_every or log_every, 1),
+        probe_size=None if probe_size is None else validation.integer(
+            "protocol.sgd.probe_size", probe_size, 1),
     )

@@ -47,7 +47,8 @@ def test_ntk_output_variance_is_stable_in_width():
     "kwargs, message",
     [
         ({"parameterization": "mup"}, "parameterization = 'mup'"),
-        ({"width": 0}, "width = 0"),
+        ({"width": 0}, r"fc.build_model.width = 0; expected an integer >= 1"),
+        ({"width": "wide"}, r"fc.build_model.width = 'wide'; expected an integer >= 1"),
         ({"activation": "relux"}, "activation = 'relux'"),
     ],
 )

@@ -12,15 +12,27 @@ def test_gd_logs_step_zero_interval_and_last():
 
 
 @pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: protocols.gd(log_every=0), r"protocol.gd.log_every = 0; expected an integer >= 1"),
+        (lambda: protocols.gd(learning_rate=-1.0), r"protocol.gd.learning_rate = -1.0; expected a positive number"),
+        (lambda: protocols.gd(learning_rate="fast"), r"learning_rate = 'fast'; expected a positive number"),
+        (lambda: protocols.gd(num_steps=0), r"protocol.gd.num_steps = 0"),
+        (lambda: protocols.sgd(batch_size=2.5), r"protocol.sgd.batch_size = 2.5; expected an integer"),
+    ],
+)
+def test_bad_settings_are_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
     "protocol, message",
     [
         (protocols.sgd(batch_size=500), r"batch_size = 500; expected 1 <= batch_size <= n = 100"),
-        (protocols.gd(log_every=0), r"log_every = 0; expected >= 1"),
         (protocols.gd(log_every=10, probe_every=15), r"probe_every = 15; expected a positive multiple"),
-        (protocols.gd(learning_rate=-1.0), r"learning_rate = -1.0"),
-        (protocols.gd(num_steps=0), r"num_steps = 0"),
     ],
 )
-def test_impossible_settings_are_named(protocol, message):
+def test_impossible_combinations_are_named(protocol, message):
     with pytest.raises(ValueError, match=message):
         protocol.validate(100)

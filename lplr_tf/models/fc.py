@@ -15,6 +15,7 @@ import math
 import gin
 import keras
 
+from lplr_tf import validation
 from lplr_tf.models.layers import NTKDense
 
 PARAMETERIZATIONS = ("standard", "ntk")
@@ -65,11 +66,8 @@ def build_model(
             f"fc.build_model.parameterization = {parameterization!r}; expected one of "
             f"{PARAMETERIZATIONS}. Fix the gin binding, e.g. fc.build_model.parameterization = 'ntk'."
         )
-    if int(width) < 1 or int(depth) < 0:
-        raise ValueError(
-            f"fc.build_model got width = {width}, depth = {depth}; expected width >= 1 and "
-            "depth >= 0 (depth = 0 is a linear model)."
-        )
+    width = validation.integer("fc.build_model.width", width, 1)
+    depth = validation.integer("fc.build_model.depth", depth, 0)
     try:
         keras.activations.get(activation)
     except ValueError as error:
@@ -88,8 +86,8 @@ def build_model(
 
     inputs = keras.Input(shape=tuple(input_shape), name="inputs")
     hidden = keras.layers.Flatten(name="flatten")(inputs) if len(input_shape) > 1 else inputs
-    for layer in range(int(depth)):
-        hidden = dense(int(width), weight_std, seed + 2 * layer, f"dense_{layer}")(hidden)
+    for layer in range(depth):
+        hidden = dense(width, weight_std, seed + 2 * layer, f"dense_{layer}")(hidden)
         hidden = keras.layers.Activation(activation, name=f"{activation}_{layer}")(hidden)
-    outputs = dense(int(output_dim), readout_weight_std, seed + 2 * int(depth), "readout")(hidden)
+    outputs = dense(int(output_dim), readout_weight_std, seed + 2 * depth, "readout")(hidden)
     return keras.Model(inputs, outputs, name=f"fc_{parameterization}_d{depth}_w{width}")
