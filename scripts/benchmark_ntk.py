@@ -2,18 +2,24 @@
 
     .venv/bin/python scripts/benchmark_ntk.py [--output benchmarks/ntk.json]
         [--quick] [--skip_naive_large] [--skip_jacobian_large] [--repeats 5]
+        [--slow_repeats 1] [--skip_resnet]
 
 Reference models: FC 784-512-512-1 (ReLU, float32) at n = 256 and n = 1024, and a small
 ResNet on 32×32×3 inputs at n = 128. Per implementation it reports the median wall time of
-`--repeats` runs after one warm-up call (which includes tracing), the peak memory, and the
+`--repeats` runs (`--slow_repeats` for the slow general paths at n = 1024) after one
+warm-up call (which includes tracing; reported separately), the peak memory, and the
 speed ratio to the naive `tape.jacobian` contraction (naive time / time). For the FC model a
 hand-written layer-wise contraction (forward keeping activations, manual δ backprop,
 Θ = Σ_l (δδᵀ)∘(aaᵀ + 1)) runs side by side as the baseline: the target is our default
 ("auto") within 1.2× of it.
 
-Peak memory: on GPU, tf.config.experimental.get_memory_info peak bytes (reset before each
+Timing: rounds interleave the implementations (robust to load from other processes); the
+rel diff column is max|Θ − Θ_ref| / max|Θ_ref| against the naive (else jacobian, else
+hand-written) kernel.
+
+Peak memory (of one call after warm-up): on GPU, tf.config.experimental.get_memory_info peak bytes (reset before each
 implementation); on CPU, the peak resident set size sampled every 2 ms from /proc/self/statm
-during the timed runs, minus the RSS before them (tracemalloc does not see TF's allocator,
+during the call, minus the RSS before it (tracemalloc does not see TF's allocator,
 and getrusage's maxrss is a process-lifetime high-water mark).
 """
 
@@ -144,22 +150,18 @@ class PeakMemory:
             self.peak_bytes = self.peak - self.start
 
 
-def measure(fn, repeats):
+def _timed(fn):
     start = time.perf_counter()
-    first = fn()
-    np.asarray(first)
-    warmup = time.perf_counter() - start
-    times = []
-    with PeakMemory() as memory:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            result = fn()
-            np.asarray(result)  # waits for the device
-            times.append(time.perf_counter() - start)
-    return np.asarray(result), statistics.median(times), warmup, memory
+    result = np.asarray(fn())  # waits for the device
+    return result, time.perf_counter() - start
 
 
-def bench_case(name, model, n, shape, implementations, repeats, seed=0):
+def bench_case(name, model, n, shape, implementations, repeats, seed=0, slow_repeats=None):
+    """Warm-up and a memory-measured run per implementation, then interleaved timed rounds.
+
+    Rounds interleave the implementations (A B C, A B C, ...) so that load from other
+    processes on a shared machine hits all of them alike; the median is over rounds.
+    """
     x = tf.constant(np.random.default_rng(seed).normal(size=(n,) + shape).astype(np.float32))
     runners = {}
     for impl in implementations:
@@ -171,29 +173,40 @@ def bench_case(name, model, n, shape, implementations, repeats, seed=0):
             runners[impl] = lambda fn=fn: _no_tf32(fn, x)
         else:
             runners[impl] = lambda impl=impl: empirical_ntk(model, x, implementation=impl)
-    rows, results = [], {}
+    rows, results, times = {}, {}, {impl: [] for impl in runners}
     for impl, fn in runners.items():
-        kernel, median, warmup, memory = measure(fn, repeats)
-        results[impl] = kernel
-        rows.append({
-            "case": name, "n": n, "implementation": impl, "median_s": median,
-            "warmup_s": warmup, "peak_memory_bytes": int(memory.peak_bytes),
-            "memory_method": memory.method,
-        })
+        _, warmup = _timed(fn)
+        with PeakMemory() as memory:
+            results[impl], elapsed = _timed(fn)
+        times[impl].append(elapsed)
+        rows[impl] = {
+            "case": name, "n": n, "implementation": impl, "warmup_s": warmup,
+            "peak_memory_bytes": int(memory.peak_bytes), "memory_method": memory.method,
+        }
         if impl in ("auto", "structured", "jacobian"):
-            rows[-1]["resolved"] = get_engine(model, x, impl, "full").implementation
-        print(f"  {name} n={n} {impl}: {median * 1e3:.1f} ms", flush=True)
-    reference = results.get("naive", results.get("jacobian"))
+            rows[impl]["resolved"] = get_engine(model, x, impl, "full").implementation
+    slow = {"naive", "jacobian"} if slow_repeats is not None else set()
+    for round_ in range(1, repeats):
+        for impl, fn in runners.items():
+            if impl not in slow or round_ < slow_repeats:
+                times[impl].append(_timed(fn)[1])
+    for impl, row in rows.items():
+        row["median_s"] = statistics.median(times[impl])
+        row["repeats"] = len(times[impl])
+        print(f"  {name} n={n} {impl}: {row['median_s'] * 1e3:.1f} ms", flush=True)
+    rows = list(rows.values())
+    reference = next(results[k] for k in ("naive", "jacobian", "handwritten", "auto")
+                     if k in results)
+    scale = float(np.abs(reference).max())
     for row in rows:
         kernel = results[row["implementation"]]
-        scale = float(np.abs(reference).max())
         row["max_abs_diff_vs_reference_rel"] = float(np.abs(kernel - reference).max() / scale)
-    times = {row["implementation"]: row["median_s"] for row in rows}
+    medians = {row["implementation"]: row["median_s"] for row in rows}
     for row in rows:
-        if "naive" in times:
-            row["speedup_vs_naive"] = times["naive"] / row["median_s"]
-        if "handwritten" in times:
-            row["time_ratio_vs_handwritten"] = row["median_s"] / times["handwritten"]
+        if "naive" in medians:
+            row["speedup_vs_naive"] = medians["naive"] / row["median_s"]
+        if "handwritten" in medians:
+            row["time_ratio_vs_handwritten"] = row["median_s"] / medians["handwritten"]
     return rows
 
 
@@ -221,13 +234,16 @@ def print_table(rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="benchmarks/ntk.json")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="small n, 2 repeats: a smoke run")
     parser.add_argument("--skip_naive_large", action="store_true",
                         help="skip tape.jacobian at n=1024 (~1 min)")
     parser.add_argument("--skip_jacobian_large", action="store_true",
                         help="skip the per-example Jacobian path at n=1024")
+    parser.add_argument("--slow_repeats", type=int, default=1,
+                        help="timed runs of naive/jacobian at n=1024 (each ~10-60 s)")
     parser.add_argument("--skip_resnet", action="store_true")
+    parser.add_argument("--skip_fc", action="store_true")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     fc_sizes = (64, 128) if args.quick else (256, 1024)
@@ -239,14 +255,16 @@ def main():
           f"memory: {PeakMemory().method}", flush=True)
     rows = []
     fc = fc_model()
-    for n in fc_sizes:
+    for n in () if args.skip_fc else fc_sizes:
         impls = ["handwritten", "auto", "structured", "jacobian", "naive"]
         if n == fc_sizes[-1] and not args.quick:
             if args.skip_naive_large:
                 impls.remove("naive")
             if args.skip_jacobian_large:
                 impls.remove("jacobian")
-        rows += bench_case("fc", fc, n, (784,), impls, repeats)
+        large = n == fc_sizes[-1] and not args.quick
+        rows += bench_case("fc", fc, n, (784,), impls, repeats,
+                           slow_repeats=args.slow_repeats if large else None)
     if not args.skip_resnet:
         rows += bench_case("resnet", small_resnet(), resnet_n, (32, 32, 3),
                            ["auto", "jacobian", "naive"], repeats)

@@ -81,6 +81,7 @@ def multi_output():
 def resnet_keras():
     inputs = keras.Input((5, 5, 2))
     h = keras.layers.Conv2D(3, 3, padding="same")(inputs)
+    h = keras.layers.Conv2D(3, 2, dilation_rate=2, padding="same", activation="tanh")(h)
     h = keras.layers.BatchNormalization()(h)
     h = keras.layers.ReLU()(h)
     skip = h
@@ -89,6 +90,7 @@ def resnet_keras():
     h = keras.layers.BatchNormalization()(h)
     h = keras.layers.ReLU()(keras.layers.Add()([h, skip]))
     h = keras.layers.Conv2D(4, 3, strides=2, padding="valid")(h)
+    h = keras.layers.Conv2D(4, 2, padding="valid", activation="softplus")(h)
     h = keras.layers.GlobalAveragePooling2D()(h)
     return keras.Model(inputs, keras.layers.Dense(2)(h)), (5, 5, 2)
 
@@ -268,3 +270,24 @@ def test_mismatched_shapes_raise_naming_the_shapes(cases):
         empirical_ntk(model, np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError, match=r"x1 has shape \(0, 4\)"):
         empirical_ntk(model, np.zeros((0, 4), np.float32))
+
+
+def test_cache_does_not_keep_the_model_alive():
+    import gc
+    import weakref
+
+    from lplr_tf.ntk import empirical
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    empirical_ntk(model, np.ones((2, 3), np.float32))
+    assert model in empirical._ENGINES
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_multi_input_batch_raises():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="x1 is a dict"):
+        empirical_ntk(model, {"a": np.ones((2, 3))})

@@ -68,7 +68,8 @@ def _explicit_ntk(model, x):
         with tf.GradientTape(persistent=True) as tape:
             f = model(x[i:i + 1], training=False)
         for o in range(f.shape[-1]):
-            grads = tape.gradient(f[0, o], variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            cotangent = tf.one_hot([o], f.shape[-1], dtype=f.dtype)  # row o of J for example i
+            grads = tape.gradient(f, variables, output_gradients=cotangent)
             rows.append(np.concatenate([g.numpy().reshape(-1) for g in grads]))
         del tape
     jacobian = np.stack(rows).astype(np.float64)

@@ -7,7 +7,8 @@ A library with no gin and no files: call it on any Keras model and batch.
     big = matrix_free_spectrum(model, x_large, scale=1 / n_large)  # Lanczos on Θv
 
 Modules: `empirical` (API, dispatch, caching), `structured` (layer-wise contraction),
-`jacobian` (general per-example Jacobians), `matfree` (NTK-vector products, Lanczos),
+`per_example` (per-example conv/BN/sequence-dense gradients for it), `jacobian` (general
+per-example Jacobians), `matfree` (NTK-vector products, Lanczos),
 `blocking` (memory-bounded block assembly), `spectrum` (float64 eigensolve, summary),
 `common` (input checks, TF32 policy).
 """

@@ -14,7 +14,6 @@ Conventions used by every module of `lplr_tf.ntk`:
 import contextlib
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 OUTPUT_MODES = ("full", "trace")
@@ -51,14 +50,17 @@ def as_batch(x, name, caller, model=None):
     Floating inputs are cast to the model's compute dtype; integer inputs (token ids) are
     kept as they are.
     """
-    if isinstance(x, (dict, list, tuple)) and not isinstance(x, np.ndarray):
-        if not (isinstance(x, (list, tuple)) and x and np.isscalar(x[0])):
-            raise ValueError(
-                f"{caller}: {name} is a {type(x).__name__}; expected a single array of shape "
-                "(n, *example_shape). Models with several inputs are not supported: wrap "
-                "them so that they take one tensor."
-            )
-    tensor = tf.convert_to_tensor(x)
+    several = (
+        f"{caller}: {name} is a {type(x).__name__} that is not one array; expected a single "
+        "array of shape (n, *example_shape). Models with several inputs are not supported: "
+        "wrap them so that they take one tensor."
+    )
+    if isinstance(x, dict):
+        raise ValueError(several)
+    try:
+        tensor = tf.convert_to_tensor(x)
+    except (ValueError, TypeError) as error:
+        raise ValueError(several) from error
     if tensor.shape.rank is None or tensor.shape.rank < 1:
         raise ValueError(
             f"{caller}: {name} has shape {tuple(tensor.shape)}; expected a batch of shape "
@@ -142,3 +144,11 @@ def ensure_built(model, x):
 def num_outputs(model, x):
     """O, the number of outputs per example, from one eager call on the first example."""
     return int(flatten_outputs(model(x[:1], training=False), 1).shape[1])
+
+
+def num_elements(shape):
+    """Product of a static shape's dimensions (1 for ())."""
+    result = 1
+    for dim in shape:
+        result *= int(dim)
+    return result

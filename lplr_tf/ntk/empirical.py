@@ -62,7 +62,7 @@ class NTKEngine:
             impl = jacobian.JacobianFeatures(model_ref, variables, self.num_outputs, output_mode)
             self.num_fallback_params = impl.num_params
         activation_floats = int(tf.size(x[0])) + sum(
-            structured._size(z) for t in called for _, z in t.calls
+            common.num_elements(z) for t in called for _, z in t.calls
         )
         self.bytes_per_example = impl.bytes_per_example(activation_floats)
         r = self.rows_per_example

@@ -107,9 +107,10 @@ def ntk_vector_product(model, x, v, *, scale=1.0, block_size=None, jit_compile=F
             f"({n}, {num_outputs}) for n={n} examples with O={num_outputs} outputs. "
             "Order v example-major (entry i·O + o)."
         )
-    product = _functions(model, jit_compile).product(
-        x, tf.reshape(tf.cast(v, x.dtype), (n, num_outputs)), block_size
-    )
+    with common.tf32_disabled():
+        product = _functions(model, jit_compile).product(
+            x, tf.reshape(tf.cast(v, x.dtype), (n, num_outputs)), block_size
+        )
     return tf.reshape(product, v.shape) * scale
 
 
