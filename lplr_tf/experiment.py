@@ -150,7 +150,8 @@ def run(
     with strategy.scope():
         network = model(input_shape=training_set.input_shape, output_dim=training_set.output_dim)
         _check_model_matches_data(network, training_set)
-        trainer = build_trainer(network, schedule.learning_rate, numerics.jit_compile)
+        trainer = build_trainer(network, schedule.learning_rate, numerics.jit_compile,
+                                schedule.learning_rate_schedule)
         diagnostics = Diagnostics(
             network,
             tf.constant(training_set.x),

@@ -5,7 +5,7 @@ often it measures. It holds no tensors and does no work.
 """
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import gin
 
@@ -27,6 +27,9 @@ class Protocol:
       probe_every: Steps between NTK / sharpness probes; a multiple of log_every.
       probe_size: SGD only: size of the fixed seeded probe subset on which gradients, the
         PL ratio and the NTK are measured (the loss is always measured on the full set).
+      learning_rate_schedule: SGD only: an optional
+        `keras.optimizers.schedules.LearningRateSchedule` replacing the constant step size
+        (the analysis' GD bound then uses `learning_rate`, the initial step).
     """
 
     name: str
@@ -37,6 +40,7 @@ class Protocol:
     log_every: int
     probe_every: int
     probe_size: Optional[int] = None
+    learning_rate_schedule: Any = None
 
     @property
     def full_batch(self):
@@ -95,11 +99,15 @@ def sgd(
     log_every=50,
     probe_every=None,
     probe_size=256,
+    learning_rate_schedule=None,
 ):
     """Mini-batch SGD with seeded reshuffling every epoch.
 
     The loss is logged on the full training set; gradient norm, PL ratio and NTK on a fixed
-    seeded probe subset of `probe_size` examples (capped at n).
+    seeded probe subset of `probe_size` examples (capped at n). An optional schedule, e.g.
+    `protocol.sgd.learning_rate_schedule = @keras.schedules.CosineDecay()` with
+    `keras.schedules.CosineDecay.initial_learning_rate = 0.1` and `.decay_steps = 2000`,
+    replaces the constant step (configurables.py lists the registered schedules).
     """
     return Protocol(
         name="sgd",
@@ -111,4 +119,5 @@ def sgd(
         probe_every=validation.integer("protocol.sgd.probe_every", probe_every or log_every, 1),
         probe_size=None if probe_size is None else validation.integer(
             "protocol.sgd.probe_size", probe_size, 1),
+        learning_rate_schedule=learning_rate_schedule,
     )

@@ -33,14 +33,12 @@ class Trainer(keras.Model):
 
     Args:
       network: The `keras.Model` being trained, mapping (batch, ...) to (batch, O).
-      learning_rate: Step size eta.
     """
 
-    def __init__(self, network, learning_rate, **kwargs):
+    def __init__(self, network, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.learning_rate = float(learning_rate)
 
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
@@ -63,11 +61,15 @@ class Trainer(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
 
-def build_trainer(network, learning_rate, jit_compile):
-    """Returns a compiled `Trainer` with plain SGD at `learning_rate` and XLA pinned."""
-    trainer = Trainer(network, learning_rate)
+def build_trainer(network, learning_rate, jit_compile, learning_rate_schedule=None):
+    """Returns a compiled `Trainer` with plain SGD and XLA pinned.
+
+    The step size is `learning_rate`, or `learning_rate_schedule` (a Keras schedule) if given.
+    """
+    trainer = Trainer(network)
     trainer.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=learning_rate), jit_compile=jit_compile
+        optimizer=keras.optimizers.SGD(learning_rate=learning_rate_schedule or learning_rate),
+        jit_compile=jit_compile,
     )
     trainer.optimizer.build(network.trainable_variables)
     return trainer

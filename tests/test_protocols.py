@@ -36,3 +36,18 @@ def test_bad_settings_are_named(make, message):
 def test_impossible_combinations_are_named(protocol, message):
     with pytest.raises(ValueError, match=message):
         protocol.validate(100)
+
+
+def test_sgd_learning_rate_schedule_is_applied(tmp_path):
+    from lplr_tf import report, train
+
+    # Step 0 uses 0.5, every later step 0: the weights move once, then never again.
+    train.launch(["digits_fc_gd.gin", "smoke.gin"], [
+        "experiment.run.protocol = @protocol.sgd",
+        "protocol.sgd.learning_rate_schedule = @keras.schedules.PiecewiseConstantDecay()",
+        "keras.schedules.PiecewiseConstantDecay.boundaries = [0]",
+        "keras.schedules.PiecewiseConstantDecay.values = [0.5, 0.0]",
+    ], str(tmp_path))
+    drifts = [row["drift"] for row in report.read_metrics(tmp_path)]
+    assert drifts[0] == 0.0 and drifts[1] > 0.0
+    assert drifts[1] == drifts[2] == drifts[3]
