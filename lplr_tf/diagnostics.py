@@ -13,7 +13,6 @@ import tensorflow as tf
 
 from lplr_tf import hessian, ntk
 from lplr_tf.analysis import linearized_loss_curve
-from lplr_tf.trainer import squared_loss
 
 
 def flatten_variables(variables):
@@ -85,8 +84,13 @@ class Diagnostics:
             tf.fill([len(self.linearized_steps)], tf.constant(float("nan"), tf.float64)),
             trainable=False,
         )
-        self._loss = tf.function(self._loss_fn, jit_compile=jit_compile)
-        self._gradient = tf.function(self._gradient_fn, jit_compile=jit_compile)
+        # Loss and gradient are sharded across the replicas of the strategy in scope (the
+        # default strategy: one device) and sum-reduced, so they equal the one-device values.
+        self._strategy = tf.distribute.get_strategy()
+        self._loss_shards = self._distribute(x_loss, y_loss)
+        self._probe_shards = self._distribute(x_probe, y_probe)
+        self._loss = tf.function(self._sharded_loss, jit_compile=jit_compile)
+        self._gradient = tf.function(self._sharded_gradient, jit_compile=jit_compile)
 
     def checkpoint_state(self):
         """The tf.Variables a checkpoint must hold for drift to be measured after a resume."""
@@ -106,15 +110,34 @@ class Diagnostics:
             s: float(v) for s, v in zip(self.linearized_steps, values) if not np.isnan(v)
         }
 
-    def _loss_fn(self, x, y):
-        return squared_loss(self.network(x, training=False), y)
+    def _distribute(self, x, y):
+        """The whole set as one global batch, split across the replicas: (x, y) shards."""
+        batch = tf.data.Dataset.from_tensor_slices((x, y)).batch(int(x.shape[0]))
+        return next(iter(self._strategy.experimental_distribute_dataset(batch)))
 
-    def _gradient_fn(self, x, y):
+    def _partial_loss(self, x, y, num_examples):
+        """This replica's share of L = 1/(2n) sum_i ||f_i - y_i||^2 (n: the global count)."""
+        residual = tf.cast(self.network(x, training=False), tf.float32) - y
+        return 0.5 * tf.reduce_sum(tf.square(residual)) / num_examples
+
+    def _partial_gradient(self, x, y, num_examples):
         variables = self.network.trainable_variables
         with tf.GradientTape() as tape:
-            loss = squared_loss(self.network(x, training=False), y)
-        gradient = flatten_variables(tape.gradient(loss, variables))
-        theta = flatten_variables(variables)
+            loss = self._partial_loss(x, y, num_examples)
+        return loss, flatten_variables(tape.gradient(loss, variables))
+
+    def _sharded_loss(self, shards, num_examples):
+        partial = self._strategy.run(self._partial_loss, args=(*shards, num_examples))
+        return self._strategy.reduce("SUM", partial, axis=None)
+
+    def _sharded_gradient(self, shards, num_examples):
+        partial_loss, partial_gradient = self._strategy.run(
+            self._partial_gradient, args=(*shards, num_examples)
+        )
+        # One reduce per tensor: MultiWorkerMirrored cannot pack a scalar with a vector.
+        loss = self._strategy.reduce("SUM", partial_loss, axis=None)
+        gradient = self._strategy.reduce("SUM", partial_gradient, axis=None)
+        theta = flatten_variables(self.network.trainable_variables)
         return loss, tf.reduce_sum(tf.square(gradient)), tf.norm(theta - self.theta0), tf.norm(
             self.theta0
         )
@@ -132,9 +155,9 @@ class Diagnostics:
           ntk_condition, kernel_drift, kernel_drift_op, sharpness, gn_sharpness,
           loss_linearized. Non-finite values are None.
         """
-        loss = float(self._loss(self.x_loss, self.y_loss))
+        loss = float(self._loss(self._loss_shards, int(self.x_loss.shape[0])))
         probe_loss, grad_norm_sq, drift, theta0_norm = (
-            float(t) for t in self._gradient(self.x_probe, self.y_probe)
+            float(t) for t in self._gradient(self._probe_shards, int(self.x_probe.shape[0]))
         )
         gap = probe_loss - self.l_star
         row = {
@@ -161,7 +184,8 @@ class Diagnostics:
         num_examples = int(self.x_probe.shape[0])
         theta = ntk.empirical_ntk(self.network, self.x_probe, output_mode=self.ntk_output_mode)
         kernel = np.asarray(theta, dtype=np.float64) / num_examples
-        spectrum = ntk.ntk_spectrum(kernel)
+        # The kernel's own dtype (float32) sets the PSD tolerance of the eigensolve.
+        spectrum = ntk.ntk_spectrum(theta, scale=1.0 / num_examples)
         if self.kernel0 is None:
             self.kernel0 = kernel
             self._kernel0_state.assign(kernel)

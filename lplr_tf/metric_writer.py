@@ -47,10 +47,11 @@ class MetricWriter:
         row = json_safe(row)
         self._file.write(json.dumps(row, sort_keys=True) + "\n")
         self._file.flush()
-        with self._summary_writer.as_default(step=row["step"]):
+        with self._summary_writer.as_default(step=row["step"]), np.errstate(over="ignore"):
             for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
-                    tf.summary.scalar(key, value)
+                if key != "step" and isinstance(value, (int, float)):
+                    # Summaries are float32: a finite float64 beyond its range becomes inf.
+                    tf.summary.scalar(key, np.float32(value))
 
     def write_histogram(self, name, values, step):
         """Writes a histogram (e.g. the NTK eigenvalues) at `step`."""

@@ -65,6 +65,9 @@ def _loss_panel(axis, rows, summary):
         axis.plot(line, (initial - l_star) * rate_bound ** (line - steps[0]), ":",
                   color="red", label=f"bound (L₀ − L*)·ρ_bound^t, ρ_bound = {format_rate(rate_bound)}")
     lin_steps, lin = _positive(*_series(rows, "loss_linearized", l_star))
+    # An exploding prediction (eta * lambda_max(K_0) > 2) is cut where it leaves the plot.
+    keep = lin <= 1e3 * gaps.max()
+    lin_steps, lin = lin_steps[keep], lin[keep]
     if lin_steps.size:
         axis.plot(lin_steps, lin, "-", color="green", alpha=0.7, label="linearized L^lin − L*")
     tolerance = summary["settings"]["tolerance"]

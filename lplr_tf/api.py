@@ -1,0 +1,71 @@
+"""The functional API: the LPLR quantities of any Keras model at its current weights.
+
+    metrics = lplr_tf.diagnose(model, x, y)
+    metrics["pl_ratio"], metrics["ntk_lambda_min"], metrics["sharpness"]
+
+For a metric history (rows with `step`, `loss`, ... from `LPLRCallback.history` or a
+metrics.jsonl) use `lplr_tf.analysis.summarize(rows, learning_rate=eta)`.
+"""
+
+import tensorflow as tf
+
+from lplr_tf.callbacks import MeasuredNetwork, outside_strategy, probe_arrays, probe_targets
+from lplr_tf.diagnostics import Diagnostics
+
+_KEYS = ("loss", "grad_norm_sq", "pl_ratio", "ntk_lambda_min", "ntk_lambda_max", "ntk_trace",
+         "ntk_condition", "gn_sharpness", "sharpness")
+
+
+def diagnose(model, x, y, *, l_star=0.0, measure_sharpness=True, ntk_output_mode="full",
+             measure_ntk=True):
+    """Measures the LPLR quantities of a Keras model at its current weights on (x, y).
+
+    Conventions (DESIGN.md §1), on the n examples given: the squared loss
+    L = 1/(2n) Σ_i ‖f(x_i) − y_i‖² (whatever loss the model was compiled with), its gradient
+    over `model.trainable_variables`, the PL ratio q = ‖∇L‖² / (2 (L − L*)), the spectrum of
+    the normalized NTK K = Θ/n with Θ = J Jᵀ (float32 kernel, float64 eigensolve; a
+    mixed-precision model is measured through a float32 copy), and the sharpness
+    β = λ_max(∇²L) by Lanczos. The model is called with training=False. Works inside and
+    outside a `tf.distribute` strategy scope (it measures the variables' current values).
+
+    Args:
+      model: A Keras model mapping (n, ...) to (n, O).
+      x: Inputs, array-like of shape (n, ...).
+      y: Targets of shape (n, O) (or (n,) when O = 1), or integer class ids of shape (n,)
+        for a model with O > 1 outputs (one-hot encoded).
+      l_star: L* of the PL ratio.
+      measure_sharpness: Also compute the sharpness (Lanczos, 20 Hessian-vector products).
+      ntk_output_mode: "full" (the nO × nO kernel of the PL theory) or "trace" (n × n,
+        averaged over outputs).
+      measure_ntk: Compute the NTK spectrum (the expensive part for large n·O).
+
+    Returns:
+      A dict with loss, grad_norm_sq, pl_ratio (None when L ≤ L*), and when measured
+      ntk_lambda_min, ntk_lambda_max, ntk_trace, ntk_condition (λ_max/λ_min; None when
+      λ_min ≤ 0), gn_sharpness (λ_max of the Gauss–Newton matrix Jᵀ J / n = λ_max(K)) and
+      sharpness. Non-finite values are None.
+
+    Raises:
+      ValueError: mismatched x and y, targets that do not match the model's outputs, or a
+        bad ntk_output_mode.
+    """
+    if ntk_output_mode not in ("full", "trace"):
+        raise ValueError(f"diagnose: ntk_output_mode={ntk_output_mode!r}; expected 'full' "
+                         "(the nO x nO kernel) or 'trace' (n x n).")
+    x, y = probe_arrays((x, y), caller="diagnose")
+
+    def measure():
+        x_tensor = tf.constant(x)
+        measured = MeasuredNetwork(model, x_tensor[:1])
+        targets = tf.constant(probe_targets(y, measured.num_outputs(x_tensor[:1]), "diagnose"))
+        diagnostics = Diagnostics(
+            measured.network, x_tensor, targets, x_tensor, targets,
+            l_star=l_star,
+            measure_ntk=measure_ntk,
+            ntk_output_mode=ntk_output_mode,
+            measure_sharpness=measure_sharpness,
+        )
+        return diagnostics.measure(0, probe=True)
+
+    row = outside_strategy(measure)
+    return {key: row[key] for key in _KEYS if key in row}

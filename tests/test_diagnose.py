@@ -1,0 +1,92 @@
+"""lplr_tf.diagnose against the closed forms of a linear model f(x) = x W + b."""
+
+import keras
+import numpy as np
+import pytest
+
+import lplr_tf
+
+
+def _linear(input_dim, output_dim, seed=0):
+    model = keras.Sequential([
+        keras.Input((input_dim,)),
+        keras.layers.Dense(output_dim, kernel_initializer=keras.initializers.RandomNormal(
+            seed=seed), bias_initializer=keras.initializers.RandomNormal(seed=seed + 1)),
+    ])
+    return model
+
+
+def _data(num_examples, input_dim, output_dim, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num_examples, input_dim)).astype(np.float32)
+    y = rng.standard_normal((num_examples, output_dim)).astype(np.float32)
+    return x, y
+
+
+def test_diagnose_matches_linear_closed_forms():
+    num_examples, input_dim, output_dim = 5, 6, 2  # n ≤ d: K is positive definite
+    x, y = _data(num_examples, input_dim, output_dim)
+    model = _linear(input_dim, output_dim)
+    result = lplr_tf.diagnose(model, x, y)
+
+    kernel, bias = (v.numpy().astype(np.float64) for v in model.trainable_variables)
+    x64, n = x.astype(np.float64), num_examples
+    residual = x64 @ kernel + bias - y
+    loss = 0.5 * np.sum(residual**2) / n
+    grad_norm_sq = np.sum((x64.T @ residual / n) ** 2) + np.sum(residual.mean(axis=0) ** 2)
+    # Θ = (X Xᵀ + 1 1ᵀ) ⊗ I_O (example-major), K = Θ / n.
+    ntk = np.kron(x64 @ x64.T + 1.0, np.eye(output_dim)) / n
+    eigenvalues = np.linalg.eigvalsh(ntk)
+    augmented = np.concatenate([x64, np.ones((n, 1))], axis=1)
+    hessian_top = np.linalg.eigvalsh(augmented.T @ augmented / n)[-1]
+
+    np.testing.assert_allclose(result["loss"], loss, rtol=1e-5)
+    np.testing.assert_allclose(result["grad_norm_sq"], grad_norm_sq, rtol=1e-4)
+    np.testing.assert_allclose(result["pl_ratio"], grad_norm_sq / (2 * loss), rtol=1e-4)
+    np.testing.assert_allclose(result["ntk_lambda_min"], eigenvalues[0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result["ntk_lambda_max"], eigenvalues[-1], rtol=1e-5)
+    np.testing.assert_allclose(result["ntk_trace"], eigenvalues.sum(), rtol=1e-5)
+    np.testing.assert_allclose(result["ntk_condition"], eigenvalues[-1] / eigenvalues[0],
+                               rtol=1e-3)
+    np.testing.assert_allclose(result["sharpness"], hessian_top, rtol=1e-4)
+    # q is a Rayleigh quotient of K (L* = 0).
+    assert result["ntk_lambda_min"] <= result["pl_ratio"] <= result["ntk_lambda_max"]
+
+
+def test_diagnose_trace_mode_targets_and_options():
+    x, y = _data(6, 3, 1, seed=2)
+    model = _linear(3, 1)
+    flat = lplr_tf.diagnose(model, x, y[:, 0], ntk_output_mode="trace", measure_sharpness=False)
+    full = lplr_tf.diagnose(model, x, y, measure_sharpness=False)
+    assert "sharpness" not in flat
+    for key in ("loss", "grad_norm_sq", "ntk_lambda_min", "ntk_lambda_max"):
+        np.testing.assert_allclose(flat[key], full[key], rtol=1e-6)
+    no_ntk = lplr_tf.diagnose(model, x, y, measure_ntk=False, measure_sharpness=False)
+    assert set(no_ntk) == {"loss", "grad_norm_sq", "pl_ratio"}
+
+    # Integer class ids are one-hot encoded for a model with O > 1 outputs.
+    classifier = _linear(3, 4)
+    labels = np.array([0, 3, 1, 2, 2, 0])
+    by_id = lplr_tf.diagnose(classifier, x, labels, measure_sharpness=False)
+    one_hot = lplr_tf.diagnose(classifier, x, np.eye(4, dtype=np.float32)[labels],
+                               measure_sharpness=False)
+    np.testing.assert_allclose(by_id["loss"], one_hot["loss"], rtol=1e-6)
+
+    with pytest.raises(ValueError, match=r"expected \(n, O\) = \(6, 4\)"):
+        lplr_tf.diagnose(classifier, x, y)
+    with pytest.raises(ValueError, match="ntk_output_mode"):
+        lplr_tf.diagnose(model, x, y, ntk_output_mode="diag")
+
+
+def test_summarize_is_public_on_a_callback_history():
+    x, y = _data(8, 3, 1, seed=4)
+    model = _linear(3, 1)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=lplr_tf.callbacks.HalfSquaredError())
+    callback = lplr_tf.LPLRCallback((x, y), every_n_steps=5)
+    model.fit(x, y, batch_size=8, epochs=20, shuffle=False, verbose=0, callbacks=[callback])
+    summary = lplr_tf.analysis.summarize(callback.history, learning_rate=0.1)
+    assert summary["status"] in ("max_steps", "converged")
+    assert summary["fit"]["rate"] is not None and 0 < summary["fit"]["rate"] < 1
+    # The bound ρ_bound = 1 − η·min λ_min(K_t) holds for plain GD on a linear model.
+    assert summary["bound"]["holds"] is True
+    assert callback.summary()["bound"] == summary["bound"]
