@@ -42,8 +42,6 @@ label per example are one-hot encoded to the model's O outputs (for cross-entrop
 """
 
 import concurrent.futures
-import json
-import os
 import time
 import warnings
 
@@ -53,7 +51,7 @@ import tensorflow as tf
 
 from lplr_tf import analysis
 from lplr_tf.diagnostics import Diagnostics
-from lplr_tf.metric_writer import json_safe
+from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.trainer import Trainer
 
 # The text of the summary's `caveat` field; `{reasons}` and `{learning_rate}` are filled in.
@@ -322,55 +320,6 @@ def optimizer_learning_rate(optimizer):
 
 
 # --------------------------------------------------------------------------------------
-# Sinks: metrics.jsonl-format lines and TensorBoard.
-
-
-class _RowWriter:
-    """Writes rows like `MetricWriter` (json_safe, sorted keys; TB scalars) to chosen paths."""
-
-    def __init__(self, logdir, metrics_path):
-        self._file = None
-        self._summary_writer = None
-        if metrics_path:
-            directory = os.path.dirname(os.path.abspath(metrics_path))
-            os.makedirs(directory, exist_ok=True)
-            self._file = open(metrics_path, "w", encoding="utf-8")
-        if logdir:
-            self._summary_writer = tf.summary.create_file_writer(os.fspath(logdir))
-
-    def write(self, row, eigenvalues=None):
-        row = json_safe(row)
-        if self._file is not None:
-            self._file.write(json.dumps(row, sort_keys=True) + "\n")
-            self._file.flush()
-        if self._summary_writer is not None:
-            with self._summary_writer.as_default(step=row["step"]):
-                for key, value in row.items():
-                    if key != "step" and isinstance(value, (int, float)) \
-                            and not isinstance(value, bool):
-                        # Scalars are float32: a finite double beyond its range (an exploding
-                        # linearized prediction) is written as ±inf instead of raising.
-                        with np.errstate(over="ignore"):
-                            tf.summary.scalar(key, np.float32(value))
-                if eigenvalues is not None:
-                    tf.summary.histogram("ntk_spectrum", np.asarray(eigenvalues, np.float64))
-
-    def write_text(self, name, text, step):
-        if self._summary_writer is not None:
-            with self._summary_writer.as_default(step=step):
-                tf.summary.text(name, text)
-
-    def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._summary_writer is not None:
-            self._summary_writer.flush()
-            self._summary_writer.close()
-            self._summary_writer = None
-
-
-# --------------------------------------------------------------------------------------
 # The callback.
 
 
@@ -480,7 +429,7 @@ class LPLRCallback(keras.callbacks.Callback):
         outside_strategy(self._begin)
         if self._writer is not None:
             self._writer.close()
-        self._writer = _RowWriter(self.logdir, self.metrics_path) if self._is_chief() else None
+        self._writer = MetricWriter(self.metrics_path, self.logdir) if self._is_chief() else None
         self._measure(probe=True)
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -199,7 +199,7 @@ def run(
             rows = [r for r in report.read_metrics(workdir) if r["step"] <= start_step]
         with open(os.path.join(workdir, "operative_config.gin"), "w", encoding="utf-8") as file:
             file.write(gin.operative_config_str())
-        writer = MetricWriter(workdir, rows)
+        writer = MetricWriter.for_workdir(workdir, rows)
         writer.write_text("operative_config", gin.operative_config_str())
         progress = ProgressReporter(schedule.num_steps, l_star)
         elapsed_before = (rows[-1].get("wall_time") or 0.0) if rows else 0.0
@@ -209,9 +209,8 @@ def run(
             row = diagnostics.measure(step, probe=schedule.is_probe_step(step))
             row["wall_time"] = time.monotonic() - start_time
             rows.append(row)
-            writer.write(row)
-            if "ntk_lambda_min" in row and diagnostics.spectrum.eigenvalues is not None:
-                writer.write_histogram("ntk_spectrum", diagnostics.spectrum.eigenvalues, step)
+            probed = "ntk_lambda_min" in row
+            writer.write(row, diagnostics.spectrum.eigenvalues if probed else None)
             stop = _should_stop(row, rows[0]["loss"], l_star, tolerance, loss_bound)
             stop = stop == "diverged" or (stop == "converged" and stop_on_convergence)
             if stop or step % checkpoint_every == 0 or step == schedule.num_steps:

@@ -24,47 +24,67 @@ def json_safe(row):
 
 
 class MetricWriter:
-    """Appends metric rows to `workdir/metrics.jsonl` and scalars to `workdir/tb/`.
+    """Writes metric rows as JSON lines and as TensorBoard scalars; either sink is optional.
+
+    The launcher writes `workdir/metrics.jsonl` and `workdir/tb/` (`for_workdir`); the Keras
+    callback writes wherever its user asks.
 
     Args:
-      workdir: The run directory (must exist).
-      kept_rows: The rows logged before a resume (up to the restored checkpoint). The file is
-        first replaced, atomically, by exactly these rows: rows logged after the checkpoint
-        by a crashed process are dropped, so every step appears once.
+      metrics_path: The JSON-lines file, or None. It is first replaced, atomically, by exactly
+        `kept_rows`: after a resume, rows logged past the restored checkpoint by a crashed
+        process are dropped, so every step appears once.
+      logdir: The TensorBoard event directory, or None.
+      kept_rows: The rows logged before a resume (up to the restored checkpoint).
     """
 
-    def __init__(self, workdir, kept_rows=()):
-        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
-        temporary = self.metrics_path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(json_safe(row), sort_keys=True) + "\n" for row in kept_rows)
-        os.replace(temporary, self.metrics_path)
-        self._file = open(self.metrics_path, "a", encoding="utf-8")
-        self._summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
+    def __init__(self, metrics_path=None, logdir=None, kept_rows=()):
+        self.metrics_path = metrics_path
+        self._file = None
+        self._summary_writer = None
+        if metrics_path:
+            os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
+            temporary = metrics_path + ".tmp"
+            with open(temporary, "w", encoding="utf-8") as file:
+                file.writelines(json.dumps(json_safe(r), sort_keys=True) + "\n" for r in kept_rows)
+            os.replace(temporary, metrics_path)
+            self._file = open(metrics_path, "a", encoding="utf-8")
+        if logdir:
+            self._summary_writer = tf.summary.create_file_writer(os.fspath(logdir))
 
-    def write(self, row):
-        """Writes one row (a dict with an int `step`) to both sinks."""
+    @classmethod
+    def for_workdir(cls, workdir, kept_rows=()):
+        """The launcher's sinks: `workdir/metrics.jsonl` and `workdir/tb/`."""
+        return cls(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "tb"), kept_rows)
+
+    def write(self, row, eigenvalues=None):
+        """Writes one row (a dict with an int `step`), and the NTK eigenvalues if given."""
         row = json_safe(row)
-        self._file.write(json.dumps(row, sort_keys=True) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(row, sort_keys=True) + "\n")
+            self._file.flush()
+        if self._summary_writer is None:
+            return
         with self._summary_writer.as_default(step=row["step"]), np.errstate(over="ignore"):
             for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     # Summaries are float32: a finite float64 beyond its range becomes inf.
                     tf.summary.scalar(key, np.float32(value))
-
-    def write_histogram(self, name, values, step):
-        """Writes a histogram (e.g. the NTK eigenvalues) at `step`."""
-        with self._summary_writer.as_default(step=step):
-            tf.summary.histogram(name, np.asarray(values, np.float64))
+            if eigenvalues is not None:
+                tf.summary.histogram("ntk_spectrum", np.asarray(eigenvalues, np.float64))
 
     def write_text(self, name, text, step=0):
         """Writes text (e.g. the operative gin config) shown in TensorBoard's Text tab."""
+        if self._summary_writer is None:
+            return
         with self._summary_writer.as_default(step=step):
             # Markdown: indent by four spaces so gin files render as code.
             tf.summary.text(name, "    " + text.replace("\n", "\n    "))
 
     def close(self):
-        self._file.close()
-        self._summary_writer.flush()
-        self._summary_writer.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._summary_writer is not None:
+            self._summary_writer.flush()
+            self._summary_writer.close()
+            self._summary_writer = None
