@@ -9,7 +9,7 @@ metrics.jsonl) use `lplr_tf.analysis.summarize(rows, learning_rate=eta)`.
 
 import tensorflow as tf
 
-from lplr_tf.callbacks import MeasuredNetwork, outside_strategy, probe_arrays, probe_targets
+from lplr_tf.user_models import MeasuredNetwork, outside_strategy, probe_arrays, probe_targets
 from lplr_tf.diagnostics import Diagnostics
 
 _KEYS = ("loss", "grad_norm_sq", "pl_ratio", "ntk_lambda_min", "ntk_lambda_max", "ntk_trace",
