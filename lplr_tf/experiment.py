@@ -25,6 +25,7 @@ from lplr_tf.checkpointing import RunCheckpoint, RunLock
 from lplr_tf.diagnostics import Diagnostics
 from lplr_tf.distribute import is_chief, make_strategy
 from lplr_tf.metric_writer import MetricWriter
+from lplr_tf.models.batch_norm import calibrate_batch_norm
 from lplr_tf.numerics import make_numerics
 from lplr_tf.trainer import Interrupted, ProgressReporter, build_trainer, train
 
@@ -150,6 +151,7 @@ def run(
     with strategy.scope():
         network = model(input_shape=training_set.input_shape, output_dim=training_set.output_dim)
         _check_model_matches_data(network, training_set)
+        calibrate_batch_norm(network, tf.constant(x_probe))  # a restored checkpoint overrides
         trainer = build_trainer(network, schedule.learning_rate, numerics.jit_compile,
                                 schedule.learning_rate_schedule)
         diagnostics = Diagnostics(

@@ -108,3 +108,17 @@ def test_structured_ntk_matches_explicit_jacobian(parameterization, batch_norm, 
 def test_bad_arguments_name_the_value(kwargs, input_shape, message):
     with pytest.raises(ValueError, match=message):
         build_model(input_shape, 1, **kwargs)
+
+
+def test_calibrate_batch_norm_makes_inference_match_training():
+    from lplr_tf.models.batch_norm import calibrate_batch_norm
+
+    model = build_model((8, 8, 1), 1, **TINY)
+    x = tf.constant(np.random.default_rng(2).standard_normal((16, 8, 8, 1)).astype(np.float32) * 3)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    assert not np.allclose(model(x, training=False), model(x, training=True), atol=1e-3)
+    assert calibrate_batch_norm(model, x) == 6
+    np.testing.assert_allclose(model(x, training=False), model(x, training=True), atol=1e-4)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.trainable_variables))
+    assert {layer.momentum for layer in model.layers if hasattr(layer, "moving_mean")} == {0.9}
+    assert calibrate_batch_norm(build_model((8, 8, 1), 1, batch_norm=False, **TINY), x) == 0

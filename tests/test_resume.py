@@ -31,15 +31,22 @@ def _command(workdir, bindings=BINDINGS):
 
 def _start(workdir, bindings=BINDINGS):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen(_command(workdir, bindings), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "w")
+    process = subprocess.Popen(_command(workdir, bindings), env=env, stdout=log, stderr=log)
+    process.log_path = log.name
+    return process
+
+
+def _log(process):
+    with open(process.log_path, encoding="utf-8") as file:
+        return file.read()[-3000:]
 
 
 def _wait_for_step(workdir, step, process, timeout=240):
     deadline = time.monotonic() + timeout
     path = os.path.join(workdir, "metrics.jsonl")
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert process.poll() is None, _log(process)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as file:
                 steps = [json.loads(line)["step"] for line in file if line.endswith("\n")]
@@ -73,7 +80,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted):
-    workdir = str(tmp_path)
+    workdir = str(tmp_path / "run")
     process = _start(workdir)
     _wait_for_step(workdir, 170, process)
     process.kill()  # SIGKILL: no chance to clean up
@@ -92,7 +99,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_4(tmp_path):
-    workdir = str(tmp_path)
+    workdir = str(tmp_path / "run")
     process = _start(workdir)
     _wait_for_step(workdir, 60, process)
     process.send_signal(signal.SIGTERM)
@@ -121,13 +128,15 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, un
 
 
 def test_second_run_on_a_live_workdir_is_refused(tmp_path):
-    workdir = str(tmp_path)
-    process = _start(workdir)
+    workdir = str(tmp_path / "run")
+    long_run = BINDINGS + ["protocol.gd.num_steps = 100000"]
+    process = _start(workdir, long_run)
     try:
         _wait_for_step(workdir, 0, process)
         with pytest.raises(checkpointing.RunLockedError,
                            match=rf"--workdir={workdir} is in use by process {process.pid}"):
-            train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)
+            train.launch(["digits_fc_gd.gin"], long_run, workdir)
+        assert process.poll() is None, _log(process)
     finally:
         process.kill()
         process.wait()
