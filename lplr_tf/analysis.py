@@ -30,8 +30,10 @@ import math
 
 import numpy as np
 
-from lplr_tf.verdict import format_rate, verdict_sentence  # noqa: F401 (format_rate: public)
+from lplr_tf.verdict import verdict_sentence
 
+# Statuses of a run that ended (a resumed or re-launched run with one is not trained again).
+FINAL_STATUSES = ("converged", "max_steps", "diverged")
 DIVERGENCE_FACTOR = 1e6
 PRECISION_EPS = 1e-10
 TRANSIENT_FRACTION = 0.25

@@ -29,7 +29,6 @@ from lplr_tf.models.batch_norm import calibrate_batch_norm
 from lplr_tf.numerics import make_numerics
 from lplr_tf.trainer import Interrupted, ProgressReporter, build_trainer, train
 
-FINAL_STATUSES = ("converged", "max_steps", "diverged")
 
 
 def _check_model_matches_data(network, dataset):
@@ -184,7 +183,7 @@ def run(
     )
     with RunLock(workdir):
         finished = report.read_summary(workdir)
-        if finished and finished.get("status") in FINAL_STATUSES:
+        if finished and finished.get("status") in analysis.FINAL_STATUSES:
             logging.info("%s already finished (%s); nothing to do.", workdir, finished["status"])
             return finished
         checkpoint = RunCheckpoint(

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lplr_tf.analysis import format_rate
+from lplr_tf.verdict import format_rate
 
 
 def _series(rows, key, offset=0.0):

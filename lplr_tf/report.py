@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from lplr_tf import analysis, plots
+from lplr_tf import analysis, plots, verdict
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -142,7 +142,7 @@ def run_label(workdir):
 
 def _cell(value, rate=False):
     if rate and value is not None:
-        return analysis.format_rate(value)
+        return verdict.format_rate(value)
     if value is None:
         return "—"
     if isinstance(value, bool):

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lplr_tf import analysis
+from lplr_tf import analysis, verdict
 
 
 def geometric_rows(rate=0.99, steps=200, every=10, initial=1.0, **extra):
@@ -281,10 +281,10 @@ def test_divergence_bound_default_and_explicit():
 
 
 def test_format_rate_is_readable_near_one():
-    assert analysis.format_rate(0.9912) == "0.9912"
-    assert analysis.format_rate(1 - 3e-8) == "1 − 3e-08"
-    assert analysis.format_rate(1 + 2e-6) == "1 + 2e-06"
-    assert analysis.format_rate(None) == "n/a"
+    assert verdict.format_rate(0.9912) == "0.9912"
+    assert verdict.format_rate(1 - 3e-8) == "1 − 3e-08"
+    assert verdict.format_rate(1 + 2e-6) == "1 + 2e-06"
+    assert verdict.format_rate(None) == "n/a"
 
 
 def test_linearized_loss_curve_overflow_is_inf():

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from lplr_tf import sweep
+from lplr_tf import analysis, sweep
 
 GRID = ["fc.build_model.width=[8,16]", "protocol.gd.learning_rate=[0.5,1.0]"]
 FAST = ["experiment.run.measure_sharpness = False"]
@@ -27,7 +27,7 @@ def test_two_by_two_grid_with_two_seeds_then_skips_finished_runs(tmp_path):
     assert len(rows) == 8 and len(result.ran) == 8
     assert {(r["width"], r["learning_rate"], r["seed"]) for r in rows} == {
         (w, lr, s) for w in ("8", "16") for lr in ("0.5", "1.0") for s in ("0", "1")}
-    assert all(r["status"] in sweep.FINAL_STATUSES for r in rows), rows
+    assert all(r["status"] in analysis.FINAL_STATUSES for r in rows), rows
     for column in ("fitted_rate", "mu", "mu_cert", "certified", "final_drift",
                    "pl_lower_envelope", "final_loss", "kernel_drift"):
         assert column in rows[0]
@@ -57,7 +57,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     result = sweep.run_sweep(["digits_fc_gd.gin"], FAST, ["data.digits.n=[24,100000]"], 1,
                              workdir, smoke=True, plot=False, log=_quiet)
     statuses = {r.label_settings["n"]: r for r in result.runs}
-    assert statuses["24"].status in sweep.FINAL_STATUSES
+    assert statuses["24"].status in analysis.FINAL_STATUSES
     assert statuses["100000"].status == "error"
     assert "n=100000" in statuses["100000"].error
     rows = _csv(os.path.join(workdir, "sweep.csv"))

@@ -31,11 +31,11 @@ current weights) and updates the moving averages; the probes (loss, gradient, PL
 sharpness) call it with `training=False`, so they measure the network that normalizes with
 the *moving* averages. The two functions agree once the moving averages have caught up with
 the batch statistics; `batch_norm_momentum` (default 0.9, Keras' own is 0.99) makes them
-catch up in ~10-20 steps. Early probes (step 0 in particular, where the moving mean is 0 and
-the moving variance 1) therefore describe a slightly different function than the one being
-trained; the loss logged at step 0 is that of the inference-mode network. Under mini-batch
-SGD the batch statistics also add noise to the training function. For the cleanest
-full-batch theory runs use `batch_norm=False` with the NTK parameterization.
+catch up in ~10-20 steps. At step 0 the experiment sets the moving statistics to the probe
+set's batch statistics (`models.batch_norm.calibrate_batch_norm`), so the first probe
+measures the function training starts from. Under mini-batch SGD the batch statistics also
+add noise to the training function. For the cleanest full-batch theory runs use
+`batch_norm=False` with the NTK parameterization.
 """
 
 import math
