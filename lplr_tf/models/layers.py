@@ -20,6 +20,27 @@ import math
 import keras
 
 
+def _add_standard_normal_weights(layer, kernel_shape):
+    """Creates `layer.kernel` (kernel_shape) and `layer.bias` (or None when sigma_b = 0), both
+    N(0, 1), and sets `layer.weight_scale` = sigma_w / sqrt(fan_in), fan_in = all but the last
+    kernel dimension."""
+    fan_in = math.prod(kernel_shape[:-1])
+    layer.weight_scale = layer.weight_std / math.sqrt(fan_in)
+    layer.kernel = layer.add_weight(
+        name="kernel",
+        shape=kernel_shape,
+        initializer=keras.initializers.RandomNormal(stddev=1.0, seed=layer.seed),
+    )
+    layer.bias = None
+    if layer.bias_std > 0.0:
+        bias_seed = None if layer.seed is None else layer.seed + 1
+        layer.bias = layer.add_weight(
+            name="bias",
+            shape=(kernel_shape[-1],),
+            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=bias_seed),
+        )
+
+
 class NTKDense(keras.layers.Layer):
     """Dense layer in the NTK parameterization.
 
@@ -42,21 +63,7 @@ class NTKDense(keras.layers.Layer):
         self.bias_scale = self.bias_std
 
     def build(self, input_shape):
-        fan_in = int(input_shape[-1])
-        self.weight_scale = self.weight_std / math.sqrt(fan_in)
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(fan_in, self.units),
-            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed),
-        )
-        self.bias = None
-        if self.bias_std > 0.0:
-            bias_seed = None if self.seed is None else self.seed + 1
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.units,),
-                initializer=keras.initializers.RandomNormal(stddev=1.0, seed=bias_seed),
-            )
+        _add_standard_normal_weights(self, (int(input_shape[-1]), self.units))
 
     def call(self, inputs):
         outputs = keras.ops.matmul(inputs, self.kernel) * self.weight_scale
@@ -115,21 +122,9 @@ class NTKConv2D(keras.layers.Layer):
 
     def build(self, input_shape):
         in_channels = int(input_shape[-1])
-        fan_in = self.kernel_size * self.kernel_size * in_channels
-        self.weight_scale = self.weight_std / math.sqrt(fan_in)
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.kernel_size, self.kernel_size, in_channels, self.filters),
-            initializer=keras.initializers.RandomNormal(stddev=1.0, seed=self.seed),
+        _add_standard_normal_weights(
+            self, (self.kernel_size, self.kernel_size, in_channels, self.filters)
         )
-        self.bias = None
-        if self.bias_std > 0.0:
-            bias_seed = None if self.seed is None else self.seed + 1
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=keras.initializers.RandomNormal(stddev=1.0, seed=bias_seed),
-            )
 
     def call(self, inputs):
         outputs = keras.ops.conv(
