@@ -87,6 +87,10 @@ class Diagnostics:
         # Loss and gradient are sharded across the replicas of the strategy in scope (the
         # default strategy: one device) and sum-reduced, so they equal the one-device values.
         self._strategy = tf.distribute.get_strategy()
+        # Under several replicas the kernel's row blocks go to the replicas' devices.
+        self._devices = None
+        if self._strategy.num_replicas_in_sync > 1:
+            self._devices = list(self._strategy.extended.worker_devices)
         self._loss_shards = self._distribute(x_loss, y_loss)
         self._probe_shards = self._distribute(x_probe, y_probe)
         self._loss = tf.function(self._sharded_loss, jit_compile=jit_compile)
@@ -182,7 +186,9 @@ class Diagnostics:
 
     def _ntk_fields(self):
         num_examples = int(self.x_probe.shape[0])
-        theta = ntk.empirical_ntk(self.network, self.x_probe, output_mode=self.ntk_output_mode)
+        theta = ntk.empirical_ntk(
+            self.network, self.x_probe, output_mode=self.ntk_output_mode, devices=self._devices
+        )
         kernel = np.asarray(theta, dtype=np.float64) / num_examples
         # The kernel's own dtype (float32) sets the PSD tolerance of the eigensolve.
         spectrum = ntk.ntk_spectrum(theta, scale=1.0 / num_examples)

@@ -291,3 +291,16 @@ def test_multi_input_batch_raises():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="x1 is a dict"):
         empirical_ntk(model, {"a": np.ones((2, 3))})
+
+
+def test_kernel_assembled_on_several_devices_equals_the_unblocked_one():
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7, activation="tanh"),
+                              keras.layers.Dense(2)])
+    x = np.random.default_rng(3).standard_normal((9, 5)).astype(np.float32)
+    expected = empirical_ntk(model, x).numpy()
+    devices = ["/cpu:0", "/cpu:0", "/cpu:0"]  # three row blocks, one per "replica"
+    np.testing.assert_allclose(empirical_ntk(model, x, devices=devices).numpy(), expected,
+                               rtol=1e-6, atol=1e-6)
+    x2 = x[:4] * 0.5
+    np.testing.assert_allclose(empirical_ntk(model, x, x2, devices=devices).numpy(),
+                               empirical_ntk(model, x, x2).numpy(), rtol=1e-6, atol=1e-6)

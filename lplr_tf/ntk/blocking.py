@@ -13,6 +13,7 @@ the same dot products whatever the blocking, so blocked and unblocked kernels ag
 float rounding.
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -66,7 +67,8 @@ def block_starts(n, block_size):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def assemble(features_fn, contract_fn, x1, x2, block_size, rows_per_example, cache_features):
+def assemble(features_fn, contract_fn, x1, x2, block_size, rows_per_example, cache_features,
+             devices=None):
     """Assembles Θ(x1, x2) from blocks; x2=None means the symmetric kernel Θ(x1, x1).
 
     Args:
@@ -77,6 +79,8 @@ def assemble(features_fn, contract_fn, x1, x2, block_size, rows_per_example, cac
       rows_per_example: r = O in "full" mode, 1 in "trace" mode.
       cache_features: Keep the column blocks' features instead of recomputing them for
         every row block (when they fit the budget).
+      devices: Optional device names; row block i is computed on devices[i % len(devices)]
+        (e.g. the replicas of a tf.distribute strategy), so each device holds its share.
 
     Returns:
       tf.Tensor (n1·r, n2·r), example-major.
@@ -89,21 +93,28 @@ def assemble(features_fn, contract_fn, x1, x2, block_size, rows_per_example, cac
     out = None
     cache = {}
 
+    def on_device(k):
+        return tf.device(devices[k % len(devices)]) if devices else contextlib.nullcontext()
+
     def column_features(j):
         if j in cache:
             return cache[j]
         start, stop = cols[j]
-        feats = features_fn(source[start:stop])
+        with on_device(j):
+            feats = features_fn(source[start:stop])
         if cache_features:
             cache[j] = feats
         return feats
 
     for i, (i0, i1) in enumerate(rows):
-        f1 = column_features(i) if symmetric else features_fn(x1[i0:i1])
-        for j in range(i if symmetric else 0, len(cols)):
+        with on_device(i):
+            f1 = column_features(i) if symmetric else features_fn(x1[i0:i1])
+            blocks = []
+            for j in range(i if symmetric else 0, len(cols)):
+                f2 = f1 if symmetric and i == j else column_features(j)
+                blocks.append((j, contract_fn(f1, f2).numpy()))
+        for j, block in blocks:
             j0, j1 = cols[j]
-            f2 = f1 if symmetric and i == j else column_features(j)
-            block = contract_fn(f1, f2).numpy()
             if out is None:
                 out = np.empty((int(x1.shape[0]) * r, int(source.shape[0]) * r), block.dtype)
             out[i0 * r:i1 * r, j0 * r:j1 * r] = block

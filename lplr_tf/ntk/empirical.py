@@ -90,19 +90,22 @@ class NTKEngine:
         fns = (self.features, self.contract, self._kernel, self._kernel_symmetric)
         return sum(f.experimental_get_tracing_count() for f in fns)
 
-    def __call__(self, x1, x2=None, block_size=None, memory_budget_bytes=None):
+    def __call__(self, x1, x2=None, block_size=None, memory_budget_bytes=None, devices=None):
         n = max(int(x1.shape[0]), 0 if x2 is None else int(x2.shape[0]))
         budget = memory_budget_bytes or blocking.default_memory_budget()
         if block_size is None:
             block_size = blocking.choose_block_size(
                 n, self.bytes_per_example, self.bytes_per_pair, budget, _CALLER
             )
+        if devices and len(devices) > 1:
+            block_size = min(block_size, -(-n // len(devices)))  # every device gets rows
         if block_size >= n:
             return self._kernel_symmetric(x1) if x2 is None else self._kernel(x1, x2)
         # Keep the column blocks' features when all of them fit in half the budget.
         cache = 2 * n * self.bytes_per_example <= budget
         return blocking.assemble(
-            self.features, self.contract, x1, x2, block_size, self.rows_per_example, cache
+            self.features, self.contract, x1, x2, block_size, self.rows_per_example, cache,
+            devices,
         )
 
 
@@ -151,6 +154,7 @@ def empirical_ntk(
     block_size=None,
     memory_budget_bytes=None,
     jit_compile=False,
+    devices=None,
 ):
     """The empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of a Keras model (unnormalized).
 
@@ -175,6 +179,10 @@ def empirical_ntk(
       memory_budget_bytes: Working-memory budget for choosing the block size; default a
         quarter of MemAvailable on CPU, 2 GiB on GPU.
       jit_compile: XLA-compile the kernel functions (pinned to False by default).
+      devices: Optional device names (e.g. the replicas of a tf.distribute strategy,
+        `strategy.extended.worker_devices`): the kernel is assembled from row blocks, block i
+        computed on devices[i % len(devices)], so that each device holds its share of the
+        features. The result is identical to the single-device kernel.
 
     Returns:
       tf.Tensor in the model's compute dtype (float32 by default), computed with TF32 off.
@@ -191,4 +199,4 @@ def empirical_ntk(
     common.ensure_built(model, x1)
     engine = get_engine(model, x1, implementation, output_mode, jit_compile)
     with common.tf32_disabled():
-        return engine(x1, x2, block_size, memory_budget_bytes)
+        return engine(x1, x2, block_size, memory_budget_bytes, devices)
