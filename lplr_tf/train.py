@@ -13,6 +13,7 @@ Exit codes: 0 the run ended `converged` or `max_steps`; 1 an unexpected error (t
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
 
+import logging as std_logging
 import os
 import tokenize
 
@@ -117,6 +118,10 @@ def launch(gin_files, gin_bindings, workdir):
 
 
 def main(argv):
+    # TensorFlow's checkpoint writer logs one absl INFO line per save; keep ours readable.
+    std_logging.getLogger("absl").addFilter(
+        lambda record: not record.pathname.endswith("functional_saver.py")
+    )
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; every knob is a gin binding.")
     try:
