@@ -27,6 +27,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn import datasets as sk_datasets
 
+from lplr_tf import validation
+
 _TARGETS = ("auto", "pm1", "one_hot")
 _SPLITS = ("train", "test")
 
@@ -74,15 +76,6 @@ class Dataset:
 
 # --------------------------------------------------------------------------------------
 # Validation and shared helpers.
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}. "
-                         f"Pass e.g. {name}={max(minimum, 1)}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}. Pass {name} >= {minimum}.")
-    return int(value)
 
 
 def _check_classes(classes, targets, dataset):
@@ -164,8 +157,8 @@ def digits(n=200, classes=(0, 1), seed=0, image=False, targets="auto"):
     Returns:
       A `Dataset` with x (n, 64) or (n, 8, 8, 1) and y (n, 1) or (n, len(classes)).
     """
-    n = _check_int("digits n", n, 1)
-    seed = _check_int("digits seed", seed, 0)
+    n = validation.integer("data.digits.n", n, 1)
+    seed = validation.integer("data.digits.seed", seed, 0)
     classes = _check_classes(classes, targets, "digits")
     bunch = sk_datasets.load_digits()
     index = _subset(bunch.target, classes, n, seed, "digits")
@@ -196,11 +189,11 @@ def teacher_student(n=256, input_dim=16, output_dim=1, teacher_width=64, seed=0)
     Returns:
       A `Dataset` with x (n, input_dim), ||x_i||_2 = 1, and y (n, output_dim).
     """
-    n = _check_int("teacher_student n", n, 1)
-    input_dim = _check_int("teacher_student input_dim", input_dim, 1)
-    output_dim = _check_int("teacher_student output_dim", output_dim, 1)
-    teacher_width = _check_int("teacher_student teacher_width", teacher_width, 1)
-    seed = _check_int("teacher_student seed", seed, 0)
+    n = validation.integer("data.teacher_student.n", n, 1)
+    input_dim = validation.integer("data.teacher_student.input_dim", input_dim, 1)
+    output_dim = validation.integer("data.teacher_student.output_dim", output_dim, 1)
+    teacher_width = validation.integer("data.teacher_student.teacher_width", teacher_width, 1)
+    seed = validation.integer("data.teacher_student.seed", seed, 0)
     teacher_rng, input_rng = map(np.random.default_rng, np.random.SeedSequence(seed).spawn(2))
     w1 = teacher_rng.standard_normal((input_dim, teacher_width))
     w2 = teacher_rng.standard_normal((teacher_width, output_dim))
@@ -247,8 +240,8 @@ def check_prepared(name, data_dir=None):
 
 def _load_tfds(name, n, classes, data_dir, split, seed, targets, flatten, channel_axes):
     """Shared body of `mnist` and `cifar10`: uint8 images -> standardized float32."""
-    n = _check_int(f"{name} n", n, 1)
-    seed = _check_int(f"{name} seed", seed, 0)
+    n = validation.integer(f"data.{name}.n", n, 1)
+    seed = validation.integer(f"data.{name}.seed", seed, 0)
     classes = _check_classes(classes, targets, name)
     if split not in _SPLITS:
         raise ValueError(f"{name}: split={split!r} is not valid; expected one of "
@@ -357,32 +350,14 @@ def batch_pipeline(dataset, batch_size, seed):
     from_tensor_slices -> cache -> shuffle(n, seed, reshuffle_each_iteration=True) ->
     batch(batch_size, drop_remainder=False) -> prefetch. Each epoch visits every example
     once (the last batch may be smaller) in a new order; the sequence of epoch orders of
-    a freshly built pipeline is fixed by `seed` (and TF's global seed, if set). For an
-    order that depends on the epoch number alone (exact resume), use `make_batches`.
+    a freshly built pipeline is fixed by `seed` (and TF's global seed, if set); a resumed
+    run restores the iterator's position from its checkpoint.
 
     Returns:
       A `tf.data.Dataset` of (x, y) float32 batches, shapes (b, *input_shape), (b, O).
     """
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
+    batch_size = validation.integer("batch_size", batch_size, 1)
+    seed = validation.integer("seed", seed, 0)
     ds = tf.data.Dataset.from_tensor_slices((dataset.x, dataset.y)).cache()
     ds = ds.shuffle(dataset.n, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
-
-
-def make_batches(dataset, batch_size, seed, epoch):
-    """The batches of one epoch, in an order fixed by (seed, epoch) alone.
-
-    The order is `numpy.random.default_rng([seed, epoch]).permutation(n)`, so a resumed
-    run replays epoch k exactly, whatever was iterated before.
-
-    Returns:
-      A `tf.data.Dataset` of (x, y) float32 batches covering the dataset once
-      (drop_remainder=False), shapes (b, *input_shape) and (b, O), prefetched.
-    """
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    epoch = _check_int("epoch", epoch, 0)
-    order = np.random.default_rng([seed, epoch]).permutation(dataset.n)
-    ds = tf.data.Dataset.from_tensor_slices((dataset.x[order], dataset.y[order]))
     return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)

@@ -221,12 +221,12 @@ def test_missing_tfds_data_fails_fast_with_instructions(tmp_path, loader):
     (dict(classes=(3, 3)), r"duplicate classes in classes=\(3, 3\)"),
     (dict(classes=(3,)), r"classes=\(3,\), fewer than 2 classes"),
     (dict(classes=3), r"classes must be a sequence .* got 3"),
-    (dict(n=0), r"digits n must be >= 1; got 0"),
+    (dict(n=0), r"data.digits.n = 0; expected an integer >= 1"),
     (dict(n=400, classes=(0, 1)), r"n=400 but only 360 examples of classes \(0, 1\) are "
                                   r"available; pass n <= 360"),
     (dict(targets="pm2"), r"targets='pm2' is not valid; expected one of auto, pm1, one_hot"),
     (dict(classes=(0, 1, 2), targets="pm1"), r"targets='pm1' needs exactly 2 classes"),
-    (dict(seed=-1), r"digits seed must be >= 0; got -1"),
+    (dict(seed=-1), r"data.digits.seed = -1; expected an integer >= 0"),
 ])
 def test_digits_validation_errors(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -288,14 +288,3 @@ def test_batch_pipeline_epochs_cover_once_reshuffle_and_are_seeded():
     assert not np.array_equal(_epoch(other)[1], first)
 
 
-def test_make_batches_order_depends_on_seed_and_epoch_only():
-    ds = _indexed(10)
-    sizes, e0 = _epoch(data.make_batches(ds, 3, seed=1, epoch=0))
-    assert sizes == [3, 3, 3, 1]
-    np.testing.assert_array_equal(np.sort(e0), np.arange(10))
-    _, e1 = _epoch(data.make_batches(ds, 3, seed=1, epoch=1))
-    assert not np.array_equal(e0, e1)
-    np.testing.assert_array_equal(_epoch(data.make_batches(ds, 3, seed=1, epoch=1))[1], e1)
-    assert not np.array_equal(_epoch(data.make_batches(ds, 3, seed=2, epoch=0))[1], e0)
-    with pytest.raises(ValueError, match=r"batch_size must be >= 1; got 0"):
-        data.make_batches(ds, 0, seed=1, epoch=0)
