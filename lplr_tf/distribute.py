@@ -89,3 +89,11 @@ def is_chief(strategy):
     return resolver.task_type == "chief" or (
         resolver.task_type == "worker" and resolver.task_id == 0
     )
+
+
+def is_multi_worker(strategy):
+    """Whether the strategy is MultiWorkerMirrored over several processes."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(tasks) for tasks in cluster.values()) > 1

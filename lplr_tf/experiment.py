@@ -23,7 +23,7 @@ from absl import logging
 from lplr_tf import analysis, configurables, data, models, plots, protocols, report  # noqa: F401
 from lplr_tf.checkpointing import RunCheckpoint, RunLock
 from lplr_tf.diagnostics import Diagnostics
-from lplr_tf.distribute import is_chief, make_strategy
+from lplr_tf.distribute import is_chief, is_multi_worker, make_strategy
 from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.models.batch_norm import calibrate_batch_norm
 from lplr_tf.numerics import make_numerics
@@ -67,11 +67,17 @@ def _own_workdir(workdir, strategy):
 
 
 class _TerminationFlag:
-    """Records SIGTERM (preemption) while installed, so the loop can checkpoint and stop."""
+    """Records SIGTERM (preemption) while installed, so the loop can checkpoint and stop.
 
-    def __init__(self):
+    With several workers, `agreed()` all-reduces the flag every step so that every worker
+    stops (and checkpoints) at the same step when any of them was signalled.
+    """
+
+    def __init__(self, strategy):
         self.received = False
         self._previous = None
+        self._strategy = strategy
+        self._multi_worker = is_multi_worker(strategy)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -85,6 +91,14 @@ class _TerminationFlag:
     def __exit__(self, *exc_info):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self):
+        """Whether this process, or with several workers any worker, received SIGTERM."""
+        if not self._multi_worker:
+            return self.received
+        local = tf.constant(float(self.received))
+        flags = self._strategy.run(lambda: tf.identity(local))
+        return bool(self._strategy.reduce("SUM", flags, axis=None) > 0)
 
 
 @gin.configurable(module="experiment", denylist=["workdir"])
@@ -221,11 +235,11 @@ def run(
             return stop
 
         try:
-            with _TerminationFlag() as termination:
+            with _TerminationFlag(strategy) as termination:
                 train(
                     trainer, batches, schedule, on_log, strategy=strategy,
                     start_step=start_step or 0, resumed=start_step is not None,
-                    interrupted=lambda: termination.received, jit_compile=numerics.jit_compile,
+                    interrupted=termination.agreed, jit_compile=numerics.jit_compile,
                 )
         except Interrupted as interruption:
             checkpoint.save(interruption.step)

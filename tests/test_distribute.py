@@ -7,10 +7,12 @@ happens in a fresh subprocess.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -37,7 +39,10 @@ RUN_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from lplr_tf import train
     workdir, bindings = sys.argv[1], sys.argv[2:]
-    train.launch(["digits_fc_gd.gin"], bindings, workdir)
+    try:
+        train.launch(["digits_fc_gd.gin"], bindings, workdir)
+    except train.Interrupted:
+        sys.exit(train.EXIT_PREEMPTED)
 """)
 
 
@@ -101,6 +106,45 @@ def test_multi_worker_over_two_processes_equals_single_device(tmp_path, single_d
         assert process.returncode == 0, output[-3000:]
     _assert_same_metrics(report.read_metrics(tmp_path), single_device)
     assert os.path.isfile(tmp_path / "workers" / "worker_1" / "summary.json")
+
+
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
+    bindings = BINDINGS[:3] + ["protocol.gd.num_steps = 3000", "protocol.gd.log_every = 5",
+                               "protocol.gd.probe_every = 1000", "protocol.gd.learning_rate = 1.0",
+                               "experiment.run.stop_on_convergence = False",
+                               "experiment.run.checkpoint_every = 1000",
+                               "distribute.strategy = 'multi_worker'"]
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+
+    def start():
+        return [_run_script(tmp_path, bindings, wait=False, env={"TF_CONFIG": json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})})
+            for index in range(2)]
+
+    processes = start()
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 5):
+        assert time.monotonic() < deadline and processes[0].poll() is None
+        time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)  # preempt the non-chief worker only
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [p.returncode for p in processes] == [train.EXIT_PREEMPTED] * 2, outputs[0][-2000:]
+    steps = [_latest_checkpoint_step(tmp_path), _latest_checkpoint_step(
+        tmp_path / "workers" / "worker_1")]
+    assert steps[0] == steps[1] and 0 < steps[0] < 3000, steps
+    resumed = start()
+    for process in resumed:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+    logged = [row["step"] for row in report.read_metrics(tmp_path)]
+    assert logged == list(range(0, 3001, 5))
+
+
+def _latest_checkpoint_step(workdir):
+    import tensorflow as tf
+
+    return int(tf.train.latest_checkpoint(str(workdir / "checkpoints")).rsplit("-", 1)[1])
 
 
 def test_tpu_settings_fail_clearly():
