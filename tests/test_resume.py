@@ -157,3 +157,24 @@ def test_finished_run_is_not_trained_again(tmp_path):
     modified = os.path.getmtime(os.path.join(workdir, "metrics.jsonl"))
     assert train.launch(["digits_fc_gd.gin"], bindings, workdir) == first
     assert os.path.getmtime(os.path.join(workdir, "metrics.jsonl")) == modified
+
+
+def test_sgd_resume_continues_the_batch_order(tmp_path):
+    # The data iterator is checkpointed: resuming mid-epoch replays the same batches.
+    bindings = BINDINGS[:2] + [
+        "experiment.run.protocol = @protocol.sgd", "protocol.sgd.batch_size = 5",
+        "protocol.sgd.num_steps = 40", "protocol.sgd.log_every = 4", "protocol.sgd.probe_every = 8",
+        "experiment.run.measure_sharpness = False", "experiment.run.stop_on_convergence = False",
+    ]
+    expected = train.launch(["digits_fc_gd.gin"], bindings, str(tmp_path / "straight"))
+    workdir = str(tmp_path / "resumed")
+    train.launch(["digits_fc_gd.gin"], bindings, workdir)
+    os.remove(os.path.join(workdir, "summary.json"))
+    checkpoints = os.path.join(workdir, "checkpoints")
+    for name in os.listdir(checkpoints):  # drop the last checkpoints: resume from step 24
+        if name.startswith(("ckpt-32", "ckpt-40")):
+            os.remove(os.path.join(checkpoints, name))
+    summary = train.launch(["digits_fc_gd.gin"], bindings, workdir)
+    _assert_close(summary, expected)
+    assert [r["loss"] for r in report.read_metrics(workdir)] == pytest.approx(
+        [r["loss"] for r in report.read_metrics(tmp_path / "straight")], rel=1e-5)
