@@ -21,6 +21,7 @@ from absl import logging
 
 # Importing configurables, data, models and protocols registers their gin configurables.
 from lplr_tf import analysis, configurables, data, models, plots, protocols, report  # noqa: F401
+from lplr_tf import validation
 from lplr_tf.checkpointing import RunCheckpoint, RunLock
 from lplr_tf.diagnostics import Diagnostics
 from lplr_tf.distribute import is_chief, is_multi_worker, make_strategy
@@ -153,8 +154,10 @@ def run(
     training_set = dataset()
     schedule = protocol()
     schedule.validate(training_set.n)
-    checkpoint_every = int(checkpoint_every or schedule.probe_every)
-    if checkpoint_every < 1 or checkpoint_every % schedule.log_every:
+    checkpoint_every = validation.integer(
+        "experiment.run.checkpoint_every", checkpoint_every or schedule.probe_every, 1
+    )
+    if checkpoint_every % schedule.log_every:
         raise ValueError(
             f"experiment.run.checkpoint_every = {checkpoint_every}; expected a positive multiple "
             f"of the log interval {schedule.log_every}."
