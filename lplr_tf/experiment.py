@@ -215,10 +215,11 @@ def run(
         if start_step is not None:
             diagnostics.restore_state()
             rows = [r for r in report.read_metrics(workdir) if r["step"] <= start_step]
+        operative_config = gin.operative_config_str()
         with open(os.path.join(workdir, "operative_config.gin"), "w", encoding="utf-8") as file:
-            file.write(gin.operative_config_str())
+            file.write(operative_config)
         writer = MetricWriter.for_workdir(workdir, rows)
-        writer.write_text("operative_config", gin.operative_config_str())
+        writer.write_text("operative_config", operative_config)
         progress = ProgressReporter(schedule.num_steps, l_star)
         elapsed_before = (rows[-1].get("wall_time") or 0.0) if rows else 0.0
         start_time = time.monotonic() - elapsed_before
