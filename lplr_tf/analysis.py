@@ -341,15 +341,16 @@ def summarize(rows, *, learning_rate, l_star=0.0, tolerance=1e-6, loss_bound=Non
     if status == "diverged":
         divergence_loss = _finite(next(r for r in rows if r["step"] == status_step)["loss"])
     summary["verdict"] = verdict_sentence(summary, divergence_loss)
-    return _json_safe(summary)
+    return json_safe(summary)
 
 
-def _json_safe(value):
-    """Converts numpy scalars to Python numbers and non-finite floats to None, recursively."""
+def json_safe(value):
+    """Converts numpy scalars to Python numbers and non-finite floats to None, recursively
+    (JSON has no NaN): summaries and metrics rows go through it before they are written."""
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):

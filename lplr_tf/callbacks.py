@@ -48,6 +48,7 @@ import tensorflow as tf
 
 from lplr_tf import analysis
 from lplr_tf.diagnostics import Diagnostics
+from lplr_tf.distribute import is_chief
 from lplr_tf.keras_training import (  # noqa: F401 (HalfSquaredError: public here too)
     CAVEAT, HalfSquaredError, inner_optimizer, is_plain_sgd, loss_name, loss_scale,
     optimizer_learning_rate)
@@ -211,8 +212,7 @@ class LPLRCallback(keras.callbacks.Callback):
 
     def _is_chief(self):
         strategy = getattr(self.model, "distribute_strategy", None)
-        extended = getattr(strategy, "extended", None)
-        return bool(getattr(extended, "should_checkpoint", True))
+        return strategy is None or is_chief(strategy)
 
     def _begin(self):
         """Builds the measured network and Diagnostics; captures θ_0 (outside any scope)."""

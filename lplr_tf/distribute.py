@@ -82,13 +82,8 @@ def make_strategy(strategy="default", devices=None, tpu=None, zone=None, project
 
 
 def is_chief(strategy):
-    """Whether this process writes the run directory (single process, or worker 0 / chief)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-    )
+    """Whether this process writes results (one process, or the chief / worker 0 of a cluster)."""
+    return bool(strategy.extended.should_checkpoint)
 
 
 def is_multi_worker(strategy):

@@ -6,21 +6,12 @@ truncated last line). Non-finite numbers are written as null: JSON has no NaN.
 """
 
 import json
-import math
 import os
 
 import numpy as np
 import tensorflow as tf
 
-
-def json_safe(row):
-    """Returns a copy of `row` with non-finite floats replaced by None."""
-    safe = {}
-    for key, value in row.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            value = None
-        safe[key] = value
-    return safe
+from lplr_tf.analysis import json_safe
 
 
 class MetricWriter:

@@ -19,12 +19,6 @@ import tensorflow as tf
 from absl import logging
 
 
-def squared_loss(predictions, targets):
-    """L = 1/(2n) sum_i ||f_i - y_i||^2 for predictions and targets of shape (n, O)."""
-    residual = tf.cast(predictions, tf.float32) - tf.cast(targets, tf.float32)
-    return 0.5 * tf.reduce_mean(tf.reduce_sum(tf.square(residual), axis=-1))
-
-
 class Trainer(keras.Model):
     """Wraps a network; `train_step` takes one gradient step on the squared loss.
 
