@@ -101,9 +101,14 @@ def test_multi_worker_over_two_processes_equals_single_device(tmp_path, single_d
         processes.append(_run_script(
             tmp_path, BINDINGS + ["distribute.strategy = 'multi_worker'"],
             env={"TF_CONFIG": json.dumps(tf_config)}, wait=False))
-    for process in processes:
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, output[-3000:]
+    try:
+        for process in processes:
+            output, _ = process.communicate(timeout=600)
+            assert process.returncode == 0, output[-3000:]
+    finally:
+        for process in processes:  # a failed worker leaves its peer blocked in a collective
+            process.kill()
+            process.wait()
     _assert_same_metrics(report.read_metrics(tmp_path), single_device)
     assert os.path.isfile(tmp_path / "workers" / "worker_1" / "summary.json")
 
@@ -122,21 +127,27 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
             for index in range(2)]
 
     processes = start()
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 5):
-        assert time.monotonic() < deadline and processes[0].poll() is None
-        time.sleep(0.2)
-    processes[1].send_signal(signal.SIGTERM)  # preempt the non-chief worker only
-    outputs = [process.communicate(timeout=300)[0] for process in processes]
-    assert [p.returncode for p in processes] == [train.EXIT_PREEMPTED] * 2, outputs[0][-2000:]
-    steps = [_latest_checkpoint_step(tmp_path), _latest_checkpoint_step(
-        tmp_path / "workers" / "worker_1")]
-    assert steps[0] == steps[1] and 0 < steps[0] < 3000, steps
-    resumed = start()
-    for process in resumed:
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, output[-3000:]
+    try:
+        metrics = tmp_path / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 5):
+            assert time.monotonic() < deadline and processes[0].poll() is None
+            time.sleep(0.2)
+        processes[1].send_signal(signal.SIGTERM)  # preempt the non-chief worker only
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+        assert [p.returncode for p in processes] == [train.EXIT_PREEMPTED] * 2, \
+            outputs[0][-2000:]
+        steps = [_latest_checkpoint_step(tmp_path), _latest_checkpoint_step(
+            tmp_path / "workers" / "worker_1")]
+        assert steps[0] == steps[1] and 0 < steps[0] < 3000, steps
+        processes = start()
+        for process in processes:
+            output, _ = process.communicate(timeout=600)
+            assert process.returncode == 0, output[-3000:]
+    finally:
+        for process in processes:  # a failed worker leaves its peer blocked in a collective
+            process.kill()
+            process.wait()
     logged = [row["step"] for row in report.read_metrics(tmp_path)]
     assert logged == list(range(0, 3001, 5))
 
