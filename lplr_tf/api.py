@@ -59,7 +59,7 @@ def diagnose(model, x, y, *, l_star=0.0, measure_sharpness=True, ntk_output_mode
         measured = MeasuredNetwork(model, x_tensor[:1])
         targets = tf.constant(probe_targets(y, measured.num_outputs(x_tensor[:1]), "diagnose"))
         diagnostics = Diagnostics(
-            measured.network, x_tensor, targets, x_tensor, targets,
+            measured.network, x_tensor, targets,
             l_star=l_star,
             measure_ntk=measure_ntk,
             ntk_output_mode=ntk_output_mode,

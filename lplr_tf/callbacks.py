@@ -229,7 +229,7 @@ class LPLRCallback(keras.callbacks.Callback):
         log_steps = sorted(set(range(0, horizon + 1, self.every_n_steps)) | {horizon})
         x, y = tf.constant(self.x_probe), tf.constant(y_probe)
         self.diagnostics = Diagnostics(
-            self._measured.network, x, y, x, y,
+            self._measured.network, x, y,
             l_star=self.l_star,
             measure_ntk=self.measure_ntk,
             ntk_output_mode=self.ntk_output_mode,

@@ -30,9 +30,10 @@ class Diagnostics:
 
     Args:
       network: The `keras.Model` being trained.
-      x_loss, y_loss: The full training set, (n, ...) and (n, O): the logged loss.
       x_probe, y_probe: The probe set for gradients, the PL ratio, the NTK and sharpness
-        (the full training set for GD, a fixed seeded subset for SGD).
+        (the full training set for GD, a fixed seeded subset for SGD), (m, ...), (m, O).
+      x_loss, y_loss: The set of the logged `loss`, (n, ...) and (n, O), when it is not the
+        probe set (SGD: the full training set). None: the probe set (no second pass).
       l_star: L* of the PL ratio.
       measure_ntk: Whether probes compute the NTK spectrum and kernel drift.
       ntk_output_mode: "full" (nO x nO kernel, what the PL theory needs) or "trace".
@@ -47,11 +48,11 @@ class Diagnostics:
     def __init__(
         self,
         network,
-        x_loss,
-        y_loss,
         x_probe,
         y_probe,
         *,
+        x_loss=None,
+        y_loss=None,
         l_star=0.0,
         measure_ntk=True,
         ntk_output_mode="full",
@@ -61,7 +62,6 @@ class Diagnostics:
         jit_compile=False,
     ):
         self.network = network
-        self.x_loss, self.y_loss = x_loss, y_loss
         self.x_probe, self.y_probe = x_probe, y_probe
         self.l_star = float(l_star)
         self.measure_ntk = measure_ntk
@@ -91,7 +91,9 @@ class Diagnostics:
         self._devices = None
         if self._strategy.num_replicas_in_sync > 1:
             self._devices = list(self._strategy.extended.worker_devices)
-        self._loss_shards = self._distribute(x_loss, y_loss)
+        self._loss_set = None
+        if x_loss is not None:
+            self._loss_set = (self._distribute(x_loss, y_loss), int(x_loss.shape[0]))
         self._probe_shards = self._distribute(x_probe, y_probe)
         self._loss = tf.function(self._sharded_loss, jit_compile=jit_compile)
         self._gradient = tf.function(self._sharded_gradient, jit_compile=jit_compile)
@@ -159,10 +161,10 @@ class Diagnostics:
           ntk_condition, kernel_drift, kernel_drift_op, sharpness, gn_sharpness,
           loss_linearized. Non-finite values are None.
         """
-        loss = float(self._loss(self._loss_shards, int(self.x_loss.shape[0])))
         probe_loss, grad_norm_sq, drift, theta0_norm = (
             float(t) for t in self._gradient(self._probe_shards, int(self.x_probe.shape[0]))
         )
+        loss = probe_loss if self._loss_set is None else float(self._loss(*self._loss_set))
         gap = probe_loss - self.l_star
         row = {
             "step": int(step),

@@ -170,12 +170,13 @@ def run(
         calibrate_batch_norm(network, tf.constant(x_probe))  # a restored checkpoint overrides
         trainer = build_trainer(network, schedule.learning_rate, numerics.jit_compile,
                                 schedule.learning_rate_schedule)
+        loss_set = {} if x_probe is training_set.x else {  # SGD: the loss on the full set
+            "x_loss": tf.constant(training_set.x), "y_loss": tf.constant(training_set.y)}
         diagnostics = Diagnostics(
             network,
-            tf.constant(training_set.x),
-            tf.constant(training_set.y),
             tf.constant(x_probe),
             tf.constant(y_probe),
+            **loss_set,
             l_star=l_star,
             measure_ntk=measure_ntk,
             ntk_output_mode=ntk_output_mode,
