@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(STAMP)
 
@@ -18,7 +18,11 @@ demo: $(STAMP)
 	$(BIN)/lplr-train --gin_file=digits_fc_gd.gin --workdir=runs/demo
 	@echo "Results: runs/demo (summary.json, metrics.jsonl, plots/, tb/)"
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 clean:

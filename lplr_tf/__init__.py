@@ -11,10 +11,21 @@ import importlib
 
 __all__ = ["LPLRCallback", "diagnose", "analysis"]
 
-_ATTRIBUTES = {"LPLRCallback": ("lplr_tf.callbacks", "LPLRCallback"),
-               "diagnose": ("lplr_tf.api", "diagnose")}
-_SUBMODULES = ("analysis", "api", "callbacks", "data", "diagnostics", "hessian", "ntk", "plots",
-               "report")
+_ATTRIBUTES = {
+    "LPLRCallback": ("lplr_tf.callbacks", "LPLRCallback"),
+    "diagnose": ("lplr_tf.api", "diagnose"),
+}
+_SUBMODULES = (
+    "analysis",
+    "api",
+    "callbacks",
+    "data",
+    "diagnostics",
+    "hessian",
+    "ntk",
+    "plots",
+    "report",
+)
 
 
 def __getattr__(name):

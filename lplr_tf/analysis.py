@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 
+from lplr_tf.values import finite, json_safe
 from lplr_tf.verdict import verdict_sentence
 
 # Statuses of a run that ended (a resumed or re-launched run with one is not trained again).
@@ -42,22 +43,11 @@ LINEARIZED_DEPARTURE = 0.1
 MIN_FIT_POINTS = 3
 
 
-def _finite(value):
-    """Returns value as a float when it is a finite number, else None."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _series(rows, key):
     """Returns [(step, value)] for the rows where `key` holds a finite number."""
     pairs = []
     for row in rows:
-        value = _finite(row.get(key))
+        value = finite(row.get(key))
         if value is not None:
             pairs.append((int(row["step"]), value))
     return pairs
@@ -89,7 +79,7 @@ def divergence_bound(initial_loss, tolerance, loss_bound=None):
     """
     if loss_bound is not None:
         return float(loss_bound)
-    initial_loss = _finite(initial_loss)
+    initial_loss = finite(initial_loss)
     if initial_loss is None:
         return math.inf
     return DIVERGENCE_FACTOR * max(initial_loss, tolerance)
@@ -98,14 +88,14 @@ def divergence_bound(initial_loss, tolerance, loss_bound=None):
 def _status(rows, l_star, tolerance, loss_bound):
     """Returns (status, status_step, effective loss bound, initial loss)."""
     losses = [(int(row["step"]), row["loss"]) for row in rows if "loss" in row]
-    initial_loss = _finite(losses[0][1]) if losses else None
+    initial_loss = finite(losses[0][1]) if losses else None
     loss_bound = divergence_bound(initial_loss, tolerance, loss_bound)
     for step, raw in losses:
-        value = _finite(raw)
+        value = finite(raw)
         if value is None or value > loss_bound:
             return "diverged", step, loss_bound, initial_loss
     for step, raw in losses:
-        if _finite(raw) - l_star <= tolerance:
+        if finite(raw) - l_star <= tolerance:
             return "converged", step, loss_bound, initial_loss
     return "max_steps", None, loss_bound, initial_loss
 
@@ -231,8 +221,17 @@ def _sharpness(rows, learning_rate):
     }
 
 
-def summarize(rows, *, learning_rate, l_star=0.0, tolerance=1e-6, loss_bound=None,
-              window=None, kernel_drift_bound=0.5, num_steps=None):
+def summarize(
+    rows,
+    *,
+    learning_rate,
+    l_star=0.0,
+    tolerance=1e-6,
+    loss_bound=None,
+    window=None,
+    kernel_drift_bound=0.5,
+    num_steps=None,
+):
     """Summarizes a run's metric history (see the module docstring for every rule).
 
     Args:
@@ -257,18 +256,26 @@ def summarize(rows, *, learning_rate, l_star=0.0, tolerance=1e-6, loss_bound=Non
         malformed window.
     """
     if not rows:
-        raise ValueError("summarize: rows=[] (empty history); expected at least one metrics "
-                         "row with `step` and `loss`. Check that metrics.jsonl was written.")
+        raise ValueError(
+            "summarize: rows=[] (empty history); expected at least one metrics "
+            "row with `step` and `loss`. Check that metrics.jsonl was written."
+        )
     if any("step" not in row or row["step"] is None for row in rows):
-        raise ValueError("summarize: a row has no `step`; expected every metrics row to carry "
-                         "its integer step. Fix the metric writer or drop that row.")
-    if _finite(learning_rate) is None or learning_rate <= 0:
-        raise ValueError(f"summarize: learning_rate={learning_rate!r}; expected a positive "
-                         "step size η. Pass the run's learning rate.")
+        raise ValueError(
+            "summarize: a row has no `step`; expected every metrics row to carry "
+            "its integer step. Fix the metric writer or drop that row."
+        )
+    if finite(learning_rate) is None or learning_rate <= 0:
+        raise ValueError(
+            f"summarize: learning_rate={learning_rate!r}; expected a positive "
+            "step size η. Pass the run's learning rate."
+        )
     if window is not None:
         if len(window) != 2 or window[0] > window[1]:
-            raise ValueError(f"summarize: window={window!r}; expected (start_step, end_step) "
-                             "with start ≤ end, or None for the automatic window.")
+            raise ValueError(
+                f"summarize: window={window!r}; expected (start_step, end_step) "
+                "with start ≤ end, or None for the automatic window."
+            )
         window = [int(window[0]), int(window[1])]
     rows = sorted(rows, key=lambda row: int(row["step"]))
     status, status_step, bound_used, initial_loss = _status(rows, l_star, tolerance, loss_bound)
@@ -287,8 +294,13 @@ def summarize(rows, *, learning_rate, l_star=0.0, tolerance=1e-6, loss_bound=Non
     lambda_min = _series(rows, "ntk_lambda_min")
     mu = _min([v for _, v in lambda_min])
     rate_bound = None if mu is None else 1.0 - learning_rate * mu
-    violations = None if rate_bound is None else _check_bound(
-        rows, l_star, floor, status_step if status == "diverged" else None, rate_bound)
+    violations = (
+        None
+        if rate_bound is None
+        else _check_bound(
+            rows, l_star, floor, status_step if status == "diverged" else None, rate_bound
+        )
+    )
     summary = {
         "status": status,
         "status_step": status_step,
@@ -325,8 +337,9 @@ def summarize(rows, *, learning_rate, l_star=0.0, tolerance=1e-6, loss_bound=Non
             "relative_slack": BOUND_RELATIVE_SLACK,
         },
         "certificate": _certificate(rows, kernel_drift_bound),
-        "linearized": _linearized(rows, l_star, floor,
-                                  status_step if status == "diverged" else None),
+        "linearized": _linearized(
+            rows, l_star, floor, status_step if status == "diverged" else None
+        ),
         "settings": {
             "learning_rate": float(learning_rate),
             "l_star": float(l_star),
@@ -339,61 +352,6 @@ def summarize(rows, *, learning_rate, l_star=0.0, tolerance=1e-6, loss_bound=Non
     }
     divergence_loss = None
     if status == "diverged":
-        divergence_loss = _finite(next(r for r in rows if r["step"] == status_step)["loss"])
+        divergence_loss = finite(next(r for r in rows if r["step"] == status_step)["loss"])
     summary["verdict"] = verdict_sentence(summary, divergence_loss)
     return json_safe(summary)
-
-
-def json_safe(value):
-    """Converts numpy scalars to Python numbers and non-finite floats to None, recursively
-    (JSON has no NaN): summaries and metrics rows go through it before they are written."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _finite(value)
-    return value
-
-
-def linearized_loss_curve(kernel0, residual0, learning_rate, steps, n):
-    """Kernel-regime loss L_t^lin = ‖(I − ηK_0)^t r_0‖² / (2n) at the given steps.
-
-    Computed in float64 from the eigendecomposition of the symmetrized K_0:
-    L_t^lin = Σ_k (1 − ηλ_k)^{2t} (v_kᵀ r_0)² / (2n).
-
-    Args:
-      kernel0: K_0 = Θ_0 / n, shape (m, m) with m = n·O.
-      residual0: r_0 = vec(f(X) − Y) at initialization, shape (m,).
-      learning_rate: The GD step size η.
-      steps: Iterable of non-negative integer steps t.
-      n: Number of training examples (the 1/(2n) of the loss).
-
-    Returns:
-      float64 array of shape (len(steps),); +inf where the linearized dynamics overflow
-      (some η·λ_k > 2).
-    """
-    kernel0 = np.asarray(kernel0, dtype=np.float64)
-    residual0 = np.asarray(residual0, dtype=np.float64).reshape(-1)
-    if kernel0.ndim != 2 or kernel0.shape[0] != kernel0.shape[1] \
-            or kernel0.shape[0] != residual0.shape[0]:
-        raise ValueError(f"linearized_loss_curve: kernel0 shape {kernel0.shape} and residual0 "
-                         f"shape {residual0.shape}; expected (m, m) and (m,) with the same m = "
-                         "n·O. Pass the full normalized kernel K_0 and vec(f(X) − Y).")
-    if n <= 0:
-        raise ValueError(f"linearized_loss_curve: n={n}; expected the positive number of "
-                         "training examples.")
-    steps = np.asarray(list(steps), dtype=np.int64)
-    if np.any(steps < 0):
-        raise ValueError(f"linearized_loss_curve: steps contain {steps.min()}; expected "
-                         "non-negative integers.")
-    eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (kernel0 + kernel0.T))
-    weights = (eigenvectors.T @ residual0) ** 2
-    factors = (1.0 - learning_rate * eigenvalues) ** 2
-    with np.errstate(over="ignore"):  # η·λ > 2: the linearized dynamics diverge (→ inf)
-        powers = factors[None, :] ** steps[:, None].astype(np.float64)
-        return powers @ weights / (2.0 * n)

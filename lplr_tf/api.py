@@ -9,15 +9,25 @@ metrics.jsonl) use `lplr_tf.analysis.summarize(rows, learning_rate=eta)`.
 
 import tensorflow as tf
 
-from lplr_tf.user_models import MeasuredNetwork, outside_strategy, probe_arrays, probe_targets
 from lplr_tf.diagnostics import Diagnostics
+from lplr_tf.user_models import MeasuredNetwork, outside_strategy, probe_arrays, probe_targets
 
-_KEYS = ("loss", "grad_norm_sq", "pl_ratio", "ntk_lambda_min", "ntk_lambda_max", "ntk_trace",
-         "ntk_condition", "gn_sharpness", "sharpness")
+_KEYS = (
+    "loss",
+    "grad_norm_sq",
+    "pl_ratio",
+    "ntk_lambda_min",
+    "ntk_lambda_max",
+    "ntk_trace",
+    "ntk_condition",
+    "gn_sharpness",
+    "sharpness",
+)
 
 
-def diagnose(model, x, y, *, l_star=0.0, measure_sharpness=True, ntk_output_mode="full",
-             measure_ntk=True):
+def diagnose(
+    model, x, y, *, l_star=0.0, measure_sharpness=True, ntk_output_mode="full", measure_ntk=True
+):
     """Measures the LPLR quantities of a Keras model at its current weights on (x, y).
 
     Conventions (DESIGN.md §1), on the n examples given: the squared loss
@@ -50,8 +60,10 @@ def diagnose(model, x, y, *, l_star=0.0, measure_sharpness=True, ntk_output_mode
         bad ntk_output_mode.
     """
     if ntk_output_mode not in ("full", "trace"):
-        raise ValueError(f"diagnose: ntk_output_mode={ntk_output_mode!r}; expected 'full' "
-                         "(the nO x nO kernel) or 'trace' (n x n).")
+        raise ValueError(
+            f"diagnose: ntk_output_mode={ntk_output_mode!r}; expected 'full' "
+            "(the nO x nO kernel) or 'trace' (n x n)."
+        )
     x, y = probe_arrays((x, y), caller="diagnose")
 
     def measure():
@@ -59,7 +71,9 @@ def diagnose(model, x, y, *, l_star=0.0, measure_sharpness=True, ntk_output_mode
         measured = MeasuredNetwork(model, x_tensor[:1])
         targets = tf.constant(probe_targets(y, measured.num_outputs(x_tensor[:1]), "diagnose"))
         diagnostics = Diagnostics(
-            measured.network, x_tensor, targets,
+            measured.network,
+            x_tensor,
+            targets,
             l_star=l_star,
             measure_ntk=measure_ntk,
             ntk_output_mode=ntk_output_mode,

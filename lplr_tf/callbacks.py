@@ -50,12 +50,17 @@ from lplr_tf import analysis
 from lplr_tf.diagnostics import Diagnostics
 from lplr_tf.distribute import is_chief
 from lplr_tf.keras_training import (  # noqa: F401 (HalfSquaredError: public here too)
-    CAVEAT, HalfSquaredError, inner_optimizer, is_plain_sgd, loss_name, loss_scale,
-    optimizer_learning_rate)
+    CAVEAT,
+    HalfSquaredError,
+    inner_optimizer,
+    is_plain_sgd,
+    loss_name,
+    loss_scale,
+    optimizer_learning_rate,
+)
 from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.trainer import Trainer
 from lplr_tf.user_models import MeasuredNetwork, outside_strategy, probe_arrays, probe_targets
-
 
 
 class LPLRCallback(keras.callbacks.Callback):
@@ -110,22 +115,33 @@ class LPLRCallback(keras.callbacks.Callback):
     ):
         super().__init__()
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"LPLRCallback: every_n_steps={every_n_steps!r}; expected a "
-                             "positive int (optimizer steps between measurements).")
-        probe_every_n_steps = every_n_steps if probe_every_n_steps is None \
-            else probe_every_n_steps
-        if not isinstance(probe_every_n_steps, int) or probe_every_n_steps < 1 \
-                or probe_every_n_steps % every_n_steps:
-            raise ValueError(f"LPLRCallback: probe_every_n_steps={probe_every_n_steps!r}; "
-                             f"expected a positive multiple of every_n_steps={every_n_steps}.")
+            raise ValueError(
+                f"LPLRCallback: every_n_steps={every_n_steps!r}; expected a "
+                "positive int (optimizer steps between measurements)."
+            )
+        probe_every_n_steps = every_n_steps if probe_every_n_steps is None else probe_every_n_steps
+        if (
+            not isinstance(probe_every_n_steps, int)
+            or probe_every_n_steps < 1
+            or probe_every_n_steps % every_n_steps
+        ):
+            raise ValueError(
+                f"LPLRCallback: probe_every_n_steps={probe_every_n_steps!r}; "
+                f"expected a positive multiple of every_n_steps={every_n_steps}."
+            )
         if ntk_output_mode not in ("full", "trace"):
-            raise ValueError(f"LPLRCallback: ntk_output_mode={ntk_output_mode!r}; expected "
-                             "'full' (the nO x nO kernel) or 'trace' (n x n).")
+            raise ValueError(
+                f"LPLRCallback: ntk_output_mode={ntk_output_mode!r}; expected "
+                "'full' (the nO x nO kernel) or 'trace' (n x n)."
+            )
         if learning_rate is not None and not (
-                isinstance(learning_rate, (int, float)) and learning_rate > 0):
-            raise ValueError(f"LPLRCallback: learning_rate={learning_rate!r}; expected a "
-                             "positive float (η of a GD step on L) or None to read it from "
-                             "the model's optimizer.")
+            isinstance(learning_rate, (int, float)) and learning_rate > 0
+        ):
+            raise ValueError(
+                f"LPLRCallback: learning_rate={learning_rate!r}; expected a "
+                "positive float (η of a GD step on L) or None to read it from "
+                "the model's optimizer."
+            )
         self.x_probe, self.y_raw = probe_arrays(probe_data)
         self.l_star = float(l_star)
         self.every_n_steps = every_n_steps
@@ -189,14 +205,18 @@ class LPLRCallback(keras.callbacks.Callback):
             self._measure(probe=probe)
             self._next_log = (self._step // self.every_n_steps + 1) * self.every_n_steps
             if probe:
-                self._next_probe = (self._step // self.probe_every_n_steps + 1) \
-                    * self.probe_every_n_steps
+                self._next_probe = (
+                    self._step // self.probe_every_n_steps + 1
+                ) * self.probe_every_n_steps
 
     def on_train_end(self, logs=None):
         if self.diagnostics is None:
             return
-        if self.history and self.history[-1]["step"] == self._step \
-                and self._last_probe_step != self._step:
+        if (
+            self.history
+            and self.history[-1]["step"] == self._step
+            and self._last_probe_step != self._step
+        ):
             self.history.pop()  # Re-measured below with the probe (the writer keeps both).
         if not self.history or self.history[-1]["step"] != self._step:
             self._measure(probe=True)
@@ -229,7 +249,9 @@ class LPLRCallback(keras.callbacks.Callback):
         log_steps = sorted(set(range(0, horizon + 1, self.every_n_steps)) | {horizon})
         x, y = tf.constant(self.x_probe), tf.constant(y_probe)
         self.diagnostics = Diagnostics(
-            self._measured.network, x, y,
+            self._measured.network,
+            x,
+            y,
             l_star=self.l_star,
             measure_ntk=self.measure_ntk,
             ntk_output_mode=self.ntk_output_mode,
@@ -270,12 +292,16 @@ class LPLRCallback(keras.callbacks.Callback):
         full_batch = None if steps is None else int(steps) == 1
         reasons = []
         if scale is None:
-            reasons.append(f"the training loss is {loss_name(loss)!r}, not the squared loss"
-                           if loss is not None else "the training loss is unknown")
+            reasons.append(
+                f"the training loss is {loss_name(loss)!r}, not the squared loss"
+                if loss is not None
+                else "the training loss is unknown"
+            )
         if not plain:
             name = type(inner_optimizer(optimizer)).__name__ if optimizer else None
-            reasons.append(f"the optimizer {name} is not plain SGD (no momentum, weight "
-                           "decay or clipping)")
+            reasons.append(
+                f"the optimizer {name} is not plain SGD (no momentum, weight decay or clipping)"
+            )
         if full_batch is False:
             reasons.append(f"{steps} mini-batch steps per epoch, not full batches")
         notes = list(self._measured.notes)
@@ -289,8 +315,10 @@ class LPLRCallback(keras.callbacks.Callback):
                 learning_rate, source = None, "unknown: pass learning_rate= to LPLRCallback"
             elif scale is not None:
                 learning_rate = value * scale
-                source = (f"optimizer learning rate {value:g} × {scale:g} (the training "
-                          f"loss {loss_name(loss)!r} is {scale:g}·L)")
+                source = (
+                    f"optimizer learning rate {value:g} × {scale:g} (the training "
+                    f"loss {loss_name(loss)!r} is {scale:g}·L)"
+                )
             else:
                 learning_rate, source = value, f"optimizer learning rate {value:g}"
         return {
@@ -328,14 +356,17 @@ class LPLRCallback(keras.callbacks.Callback):
           ValueError: before any measurement, or when η is unknown (pass learning_rate).
         """
         if not self.history or self._info is None:
-            raise ValueError("LPLRCallback.summary: no measurements yet; expected the callback "
-                             "to have been passed to model.fit(..., callbacks=[callback]).")
+            raise ValueError(
+                "LPLRCallback.summary: no measurements yet; expected the callback "
+                "to have been passed to model.fit(..., callbacks=[callback])."
+            )
         learning_rate = learning_rate or self._info["learning_rate"]
         if learning_rate is None:
             raise ValueError(
                 "LPLRCallback.summary: the learning rate is unknown "
                 f"({self._info['learning_rate_source']}); expected a positive η. Pass "
-                "learning_rate= to LPLRCallback or to summary().")
+                "learning_rate= to LPLRCallback or to summary()."
+            )
         summary = analysis.summarize(
             self.history,
             learning_rate=learning_rate,
@@ -348,7 +379,10 @@ class LPLRCallback(keras.callbacks.Callback):
         )
         info = dict(self._info, learning_rate=float(learning_rate))
         reasons = info["caveat_reasons"]
-        summary["caveat"] = CAVEAT.format(reasons="; ".join(reasons),
-                                          learning_rate=f"{learning_rate:g}") if reasons else None
+        summary["caveat"] = (
+            CAVEAT.format(reasons="; ".join(reasons), learning_rate=f"{learning_rate:g}")
+            if reasons
+            else None
+        )
         summary["callback"] = info
         return summary

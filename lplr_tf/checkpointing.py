@@ -110,8 +110,11 @@ class RunCheckpoint:
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
             except (tf.errors.OpError, ValueError, AssertionError, IndexError) as error:
-                logging.warning("Checkpoint %s is unreadable (%s); trying the one before.",
-                                path, str(error).splitlines()[0])
+                logging.warning(
+                    "Checkpoint %s is unreadable (%s); trying the one before.",
+                    path,
+                    str(error).splitlines()[0],
+                )
                 continue
             logging.info("Resuming from %s (step %d).", path, int(self.step))
             return int(self.step)

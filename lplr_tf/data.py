@@ -19,7 +19,7 @@ downloaded: data that is not prepared raises `DatasetNotAvailableError` at once.
 """
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import gin
 import numpy as np
@@ -56,7 +56,8 @@ class Dataset:
             raise ValueError(
                 f"Dataset {self.name!r}: got x of shape {self.x.shape} and y of shape "
                 f"{self.y.shape}; expected x (n, *input_shape) and y (n, output_dim) with "
-                "the same n. Reshape y to 2-D, e.g. y[:, None].")
+                "the same n. Reshape y to 2-D, e.g. y[:, None]."
+            )
 
     @property
     def n(self) -> int:
@@ -81,25 +82,38 @@ class Dataset:
 def _check_classes(classes, targets, dataset):
     """Validates class ids in 0..9 (unique, at least two) and the target encoding."""
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
-        raise ValueError(f"{dataset}: classes must be a sequence of class ids; got "
-                         f"{classes!r}. Pass e.g. classes=(0, 1).")
-    bad = [c for c in classes
-           if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c <= 9]
+        raise ValueError(
+            f"{dataset}: classes must be a sequence of class ids; got "
+            f"{classes!r}. Pass e.g. classes=(0, 1)."
+        )
+    bad = [
+        c
+        for c in classes
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c <= 9
+    ]
     if bad:
-        raise ValueError(f"{dataset}: unknown class ids {bad} in classes={tuple(classes)}; "
-                         "expected integers in 0..9.")
+        raise ValueError(
+            f"{dataset}: unknown class ids {bad} in classes={tuple(classes)}; "
+            "expected integers in 0..9."
+        )
     if len(set(classes)) != len(classes):
-        raise ValueError(f"{dataset}: duplicate classes in classes={tuple(classes)}; "
-                         "list each class id once.")
+        raise ValueError(
+            f"{dataset}: duplicate classes in classes={tuple(classes)}; list each class id once."
+        )
     if len(classes) < 2:
-        raise ValueError(f"{dataset}: got classes={tuple(classes)}, fewer than 2 classes; "
-                         "expected at least 2, e.g. classes=(0, 1).")
+        raise ValueError(
+            f"{dataset}: got classes={tuple(classes)}, fewer than 2 classes; "
+            "expected at least 2, e.g. classes=(0, 1)."
+        )
     if targets not in _TARGETS:
-        raise ValueError(f"{dataset}: targets={targets!r} is not valid; expected one of "
-                         f"{', '.join(_TARGETS)}.")
+        raise ValueError(
+            f"{dataset}: targets={targets!r} is not valid; expected one of {', '.join(_TARGETS)}."
+        )
     if targets == "pm1" and len(classes) != 2:
-        raise ValueError(f"{dataset}: targets='pm1' needs exactly 2 classes; got "
-                         f"classes={tuple(classes)}. Use targets='one_hot' or 'auto'.")
+        raise ValueError(
+            f"{dataset}: targets='pm1' needs exactly 2 classes; got "
+            f"classes={tuple(classes)}. Use targets='one_hot' or 'auto'."
+        )
     return tuple(int(c) for c in classes)
 
 
@@ -117,8 +131,10 @@ def _subset(labels, classes, n, seed, dataset):
     """Seeded indices of n examples whose label is in `classes` (nested in n)."""
     candidates = np.flatnonzero(np.isin(labels, classes))
     if n > len(candidates):
-        raise ValueError(f"{dataset}: n={n} but only {len(candidates)} examples of classes "
-                         f"{classes} are available; pass n <= {len(candidates)}.")
+        raise ValueError(
+            f"{dataset}: n={n} but only {len(candidates)} examples of classes "
+            f"{classes} are available; pass n <= {len(candidates)}."
+        )
     return candidates[np.random.default_rng(seed).permutation(len(candidates))[:n]]
 
 
@@ -165,8 +181,9 @@ def digits(n=200, classes=(0, 1), seed=0, image=False, targets="auto"):
     x = _standardize(bunch.data[index].astype(np.float32), axis=0)
     if image:
         x = x.reshape(n, 8, 8, 1)
-    return Dataset(_name("digits", classes), x, _encode_targets(bunch.target[index], classes,
-                                                                 targets))
+    return Dataset(
+        _name("digits", classes), x, _encode_targets(bunch.target[index], classes, targets)
+    )
 
 
 @gin.configurable(module="data")
@@ -235,7 +252,8 @@ def check_prepared(name, data_dir=None):
         f"  python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
         f"data_dir='{where}').download_and_prepare()\"\n"
         f"then copy {where} to this machine and pass the gin binding "
-        f"{name}.data_dir = '{where}'.")
+        f"{name}.data_dir = '{where}'."
+    )
 
 
 def _load_tfds(name, n, classes, data_dir, split, seed, targets, flatten, channel_axes):
@@ -244,8 +262,9 @@ def _load_tfds(name, n, classes, data_dir, split, seed, targets, flatten, channe
     seed = validation.integer(f"data.{name}.seed", seed, 0)
     classes = _check_classes(classes, targets, name)
     if split not in _SPLITS:
-        raise ValueError(f"{name}: split={split!r} is not valid; expected one of "
-                         f"{', '.join(_SPLITS)}.")
+        raise ValueError(
+            f"{name}: split={split!r} is not valid; expected one of {', '.join(_SPLITS)}."
+        )
     builder = check_prepared(name, data_dir)
     wanted = tf.constant(classes, dtype=tf.int64)
     ds = builder.as_dataset(split=split, shuffle_files=False)
@@ -264,8 +283,9 @@ def _load_tfds(name, n, classes, data_dir, split, seed, targets, flatten, channe
 
 
 @gin.configurable(module="data")
-def mnist(n=1000, classes=(0, 1), data_dir=None, split="train", seed=0, flatten=True,
-          targets="auto"):
+def mnist(
+    n=1000, classes=(0, 1), data_dir=None, split="train", seed=0, flatten=True, targets="auto"
+):
     """MNIST from a prepared tensorflow-datasets `data_dir` (never downloaded).
 
     Pixels are scaled to [0, 1], then standardized with one global mean and std over the
@@ -286,13 +306,15 @@ def mnist(n=1000, classes=(0, 1), data_dir=None, split="train", seed=0, flatten=
     Raises:
       DatasetNotAvailableError: MNIST is not prepared in `data_dir` (a ValueError).
     """
-    return _load_tfds("mnist", n, classes, data_dir, split, seed, targets, flatten,
-                      channel_axes=None)
+    return _load_tfds(
+        "mnist", n, classes, data_dir, split, seed, targets, flatten, channel_axes=None
+    )
 
 
 @gin.configurable(module="data")
-def cifar10(n=1000, classes=(0, 1), data_dir=None, split="train", seed=0, flatten=False,
-            targets="auto"):
+def cifar10(
+    n=1000, classes=(0, 1), data_dir=None, split="train", seed=0, flatten=False, targets="auto"
+):
     """CIFAR-10 from a prepared tensorflow-datasets `data_dir` (never downloaded).
 
     Pixels are scaled to [0, 1], then standardized per channel (mean and std over the
@@ -313,13 +335,18 @@ def cifar10(n=1000, classes=(0, 1), data_dir=None, split="train", seed=0, flatte
     Raises:
       DatasetNotAvailableError: CIFAR-10 is not prepared in `data_dir` (a ValueError).
     """
-    return _load_tfds("cifar10", n, classes, data_dir, split, seed, targets, flatten,
-                      channel_axes=(0, 1, 2))
+    return _load_tfds(
+        "cifar10", n, classes, data_dir, split, seed, targets, flatten, channel_axes=(0, 1, 2)
+    )
 
 
 def _loaders():
-    return {"digits": digits, "teacher_student": teacher_student, "mnist": mnist,
-            "cifar10": cifar10}
+    return {
+        "digits": digits,
+        "teacher_student": teacher_student,
+        "mnist": mnist,
+        "cifar10": cifar10,
+    }
 
 
 def available_datasets():
@@ -335,8 +362,7 @@ def load_dataset(name, **kwargs):
     """
     loaders = _loaders()
     if name not in loaders:
-        raise ValueError(f"Unknown dataset name {name!r}; expected one of: "
-                         f"{', '.join(loaders)}.")
+        raise ValueError(f"Unknown dataset name {name!r}; expected one of: {', '.join(loaders)}.")
     return loaders[name](**kwargs)
 
 

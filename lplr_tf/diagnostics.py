@@ -6,23 +6,16 @@ Theta = J J^T of shape (n O, n O) ("full") or (n, n) ("trace"); drift is measure
 weights theta_0 captured when the probe is created (or restored on resume).
 """
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
 from lplr_tf import hessian, ntk
-from lplr_tf.analysis import linearized_loss_curve
+from lplr_tf.values import finite
 
 
 def flatten_variables(variables):
     """Concatenates variables into one float32 vector of shape (P,)."""
     return tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables], axis=0)
-
-
-def finite_or_none(value):
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 class Diagnostics:
@@ -144,8 +137,11 @@ class Diagnostics:
         loss = self._strategy.reduce("SUM", partial_loss, axis=None)
         gradient = self._strategy.reduce("SUM", partial_gradient, axis=None)
         theta = flatten_variables(self.network.trainable_variables)
-        return loss, tf.reduce_sum(tf.square(gradient)), tf.norm(theta - self.theta0), tf.norm(
-            self.theta0
+        return (
+            loss,
+            tf.reduce_sum(tf.square(gradient)),
+            tf.norm(theta - self.theta0),
+            tf.norm(self.theta0),
         )
 
     def measure(self, step, probe):
@@ -168,18 +164,18 @@ class Diagnostics:
         gap = probe_loss - self.l_star
         row = {
             "step": int(step),
-            "loss": finite_or_none(loss),
-            "probe_loss": finite_or_none(probe_loss),
-            "grad_norm_sq": finite_or_none(grad_norm_sq),
-            "pl_ratio": finite_or_none(grad_norm_sq / (2.0 * gap)) if gap > 0 else None,
-            "drift": finite_or_none(drift),
-            "relative_drift": finite_or_none(drift / theta0_norm) if theta0_norm > 0 else None,
+            "loss": finite(loss),
+            "probe_loss": finite(probe_loss),
+            "grad_norm_sq": finite(grad_norm_sq),
+            "pl_ratio": finite(grad_norm_sq / (2.0 * gap)) if gap > 0 else None,
+            "drift": finite(drift),
+            "relative_drift": finite(drift / theta0_norm) if theta0_norm > 0 else None,
         }
         if probe and row["loss"] is not None:
             if self.measure_ntk:
                 row.update(self._ntk_fields())
             if self.measure_sharpness:
-                row["sharpness"] = finite_or_none(
+                row["sharpness"] = finite(
                     hessian.sharpness(self.network, self.x_probe, self.y_probe)
                 )
         if step in self.linearized:
@@ -204,7 +200,7 @@ class Diagnostics:
             "ntk_lambda_min": float(spectrum.lambda_min),
             "ntk_lambda_max": float(spectrum.lambda_max),
             "ntk_trace": float(spectrum.trace),
-            "ntk_condition": finite_or_none(spectrum.condition_number),
+            "ntk_condition": finite(spectrum.condition_number),
             "kernel_drift": float(np.linalg.norm(difference) / np.linalg.norm(self.kernel0)),
             "kernel_drift_op": float(np.linalg.norm(difference, 2)),
             "gn_sharpness": float(spectrum.lambda_max),
@@ -218,7 +214,7 @@ class Diagnostics:
             np.asarray(self.network(self.x_probe, training=False), np.float64)
             - np.asarray(self.y_probe, np.float64)
         ).reshape(-1)
-        curve = linearized_loss_curve(
+        curve = ntk.linearized_loss_curve(
             self.kernel0,
             residual0,
             self.linearized_learning_rate,

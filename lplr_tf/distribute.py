@@ -25,12 +25,12 @@ def _check_tf_config():
     if not raw:
         raise ValueError(
             "distribute.strategy = 'multi_worker' needs the TF_CONFIG environment variable "
-            "(the cluster and this process's task), e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
-            "[\"host1:12345\", \"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}'."
+            '(the cluster and this process\'s task), e.g. TF_CONFIG=\'{"cluster": {"worker": '
+            '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\'.'
         )
     try:
         config = json.loads(raw)
-        config["cluster"]["worker"], config["task"]["index"]  # noqa: B018 (shape check)
+        config["cluster"]["worker"], config["task"]["index"]
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(
             f"TF_CONFIG = {raw!r} is not valid: expected JSON with cluster.worker (a list of "
@@ -68,9 +68,7 @@ def make_strategy(strategy="default", devices=None, tpu=None, zone=None, project
       ValueError: an unknown strategy, a missing or malformed TF_CONFIG, or no reachable TPU.
     """
     if strategy not in STRATEGIES:
-        raise ValueError(
-            f"distribute.strategy = {strategy!r}; expected one of {STRATEGIES}."
-        )
+        raise ValueError(f"distribute.strategy = {strategy!r}; expected one of {STRATEGIES}.")
     if strategy == "default":
         return tf.distribute.get_strategy()
     if strategy == "mirrored":

@@ -20,8 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 # Importing configurables, data, models and protocols registers their gin configurables.
-from lplr_tf import analysis, configurables, data, models, plots, protocols, report  # noqa: F401
-from lplr_tf import validation
+from lplr_tf import analysis, configurables, data, models, plots, protocols, report, validation  # noqa: F401
 from lplr_tf.checkpointing import RunCheckpoint, RunLock
 from lplr_tf.diagnostics import Diagnostics
 from lplr_tf.distribute import is_chief, is_multi_worker, make_strategy
@@ -29,7 +28,6 @@ from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.models.batch_norm import calibrate_batch_norm
 from lplr_tf.numerics import make_numerics
 from lplr_tf.trainer import Interrupted, ProgressReporter, build_trainer, train
-
 
 
 def _check_model_matches_data(network, dataset):
@@ -168,10 +166,17 @@ def run(
         network = model(input_shape=training_set.input_shape, output_dim=training_set.output_dim)
         _check_model_matches_data(network, training_set)
         calibrate_batch_norm(network, tf.constant(x_probe))  # a restored checkpoint overrides
-        trainer = build_trainer(network, schedule.learning_rate, numerics.jit_compile,
-                                schedule.learning_rate_schedule)
-        loss_set = {} if x_probe is training_set.x else {  # SGD: the loss on the full set
-            "x_loss": tf.constant(training_set.x), "y_loss": tf.constant(training_set.y)}
+        trainer = build_trainer(
+            network, schedule.learning_rate, numerics.jit_compile, schedule.learning_rate_schedule
+        )
+        loss_set = (
+            {}
+            if x_probe is training_set.x
+            else {  # SGD: the loss on the full set
+                "x_loss": tf.constant(training_set.x),
+                "y_loss": tf.constant(training_set.y),
+            }
+        )
         diagnostics = Diagnostics(
             network,
             tf.constant(x_probe),
@@ -188,15 +193,25 @@ def run(
         batches = iter(strategy.experimental_distribute_dataset(_batches(training_set, schedule)))
     logging.info(
         "Data %s: n = %d, input %s, %d output(s). Model %s: %d parameters. %s. %d replica(s).",
-        training_set.name, training_set.n, training_set.input_shape, training_set.output_dim,
-        network.name, network.count_params(), schedule, strategy.num_replicas_in_sync,
+        training_set.name,
+        training_set.n,
+        training_set.input_shape,
+        training_set.output_dim,
+        network.name,
+        network.count_params(),
+        schedule,
+        strategy.num_replicas_in_sync,
     )
 
     workdir = _own_workdir(workdir, strategy)
     os.makedirs(workdir, exist_ok=True)
     settings = dict(
-        learning_rate=schedule.learning_rate, l_star=l_star, tolerance=tolerance,
-        loss_bound=loss_bound, window=fit_window, kernel_drift_bound=kernel_drift_bound,
+        learning_rate=schedule.learning_rate,
+        l_star=l_star,
+        tolerance=tolerance,
+        loss_bound=loss_bound,
+        window=fit_window,
+        kernel_drift_bound=kernel_drift_bound,
         num_steps=schedule.num_steps,
     )
     with RunLock(workdir):
@@ -242,14 +257,21 @@ def run(
         try:
             with _TerminationFlag(strategy) as termination:
                 train(
-                    trainer, batches, schedule, on_log, strategy=strategy,
-                    start_step=start_step or 0, resumed=start_step is not None,
-                    interrupted=termination.agreed, jit_compile=numerics.jit_compile,
+                    trainer,
+                    batches,
+                    schedule,
+                    on_log,
+                    strategy=strategy,
+                    start_step=start_step or 0,
+                    resumed=start_step is not None,
+                    interrupted=termination.agreed,
+                    jit_compile=numerics.jit_compile,
                 )
         except Interrupted as interruption:
             checkpoint.save(interruption.step)
-            logging.warning("SIGTERM at step %d: checkpoint written; rerun to resume.",
-                            interruption.step)
+            logging.warning(
+                "SIGTERM at step %d: checkpoint written; rerun to resume.", interruption.step
+            )
             raise
         finally:
             writer.close()
@@ -257,8 +279,9 @@ def run(
         summary = analysis.summarize(rows, **settings)
         report.write_summary(workdir, summary)
         title = f"{network.name} on {training_set.name}, {schedule.name}"
-        plots.plot_convergence(rows, summary, os.path.join(workdir, report.CONVERGENCE_PLOT),
-                               title=title)
+        plots.plot_convergence(
+            rows, summary, os.path.join(workdir, report.CONVERGENCE_PLOT), title=title
+        )
         return summary
 
 
@@ -270,7 +293,8 @@ def _should_stop(row, initial_loss, l_star, tolerance, loss_bound):
         return "diverged"
     bound = analysis.divergence_bound(initial_loss, tolerance, loss_bound)
     if loss > bound:
-        logging.warning("Step %d: loss %.3e > bound %.3e; stopping (diverged).",
-                        row["step"], loss, bound)
+        logging.warning(
+            "Step %d: loss %.3e > bound %.3e; stopping (diverged).", row["step"], loss, bound
+        )
         return "diverged"
     return "converged" if loss - l_star <= tolerance else None

@@ -15,7 +15,7 @@ cache is freed with the model; no module-level state is kept.
 import numpy as np
 import tensorflow as tf
 
-from lplr_tf.lanczos import lanczos_extreme_eigenvalues
+from lplr_tf.ntk.lanczos import lanczos_extreme_eigenvalues
 
 _CACHE_ATTRIBUTE = "_lplr_hessian_vector_product"
 
@@ -32,9 +32,11 @@ def unflatten(vector, shapes):
     vector = np.asarray(vector).reshape(-1)
     sizes = [int(np.prod(shape)) for shape in shapes]
     if sum(sizes) != vector.shape[0]:
-        raise ValueError(f"unflatten: vector of length {vector.shape[0]}; expected "
-                         f"{sum(sizes)} = the number of parameters of shapes {shapes}. "
-                         "Pass a vector built by `flatten` for the same model.")
+        raise ValueError(
+            f"unflatten: vector of length {vector.shape[0]}; expected "
+            f"{sum(sizes)} = the number of parameters of shapes {shapes}. "
+            "Pass a vector built by `flatten` for the same model."
+        )
     parts = np.split(vector, np.cumsum(sizes)[:-1])
     return [part.reshape(shape) for part, shape in zip(parts, shapes)]
 
@@ -54,9 +56,11 @@ class HessianVectorProduct:
         self._model = model
         self._variables = list(model.trainable_variables)
         if not self._variables:
-            raise ValueError(f"HessianVectorProduct: model {model.name!r} has no trainable "
-                             "variables; expected a built model. Call the model on a batch "
-                             "(or build it) before measuring its Hessian.")
+            raise ValueError(
+                f"HessianVectorProduct: model {model.name!r} has no trainable "
+                "variables; expected a built model. Call the model on a batch "
+                "(or build it) before measuring its Hessian."
+            )
         self.shapes = [tuple(int(d) for d in v.shape) for v in self._variables]
         self.dim = int(sum(np.prod(shape) for shape in self.shapes))
         self._dtype = tf.as_dtype(self._variables[0].dtype)
@@ -66,7 +70,8 @@ class HessianVectorProduct:
         """True when `model` still has exactly the variables this product was built for."""
         current = model.trainable_variables
         return len(current) == len(self._variables) and all(
-            a is b for a, b in zip(current, self._variables))
+            a is b for a, b in zip(current, self._variables)
+        )
 
     @property
     def tracing_count(self):
@@ -80,27 +85,34 @@ class HessianVectorProduct:
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
                 prediction = self._model(x, training=False)
-                residual = prediction - tf.reshape(tf.cast(y, prediction.dtype),
-                                                   tf.shape(prediction))
+                residual = prediction - tf.reshape(
+                    tf.cast(y, prediction.dtype), tf.shape(prediction)
+                )
                 count = tf.cast(tf.shape(prediction)[0], prediction.dtype)
                 loss = 0.5 * tf.reduce_sum(tf.square(residual)) / count
-            gradients = inner.gradient(loss, self._variables,
-                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            directional = tf.add_n([tf.reduce_sum(g * tf.cast(t, g.dtype))
-                                    for g, t in zip(gradients, tangents)])
-        products = outer.gradient(directional, self._variables,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            gradients = inner.gradient(
+                loss, self._variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            directional = tf.add_n(
+                [tf.reduce_sum(g * tf.cast(t, g.dtype)) for g, t in zip(gradients, tangents)]
+            )
+        products = outer.gradient(
+            directional, self._variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
         return tf.concat([tf.reshape(p, [-1]) for p in products], axis=0)
 
     def __call__(self, x, y, vector):
         """Returns ∇²L v as float64 numpy, shape (P,), for a flat vector v of shape (P,)."""
         vector = np.asarray(vector, dtype=np.float64).reshape(-1)
         if vector.shape[0] != self.dim:
-            raise ValueError(f"hessian_vector_product: vector of length {vector.shape[0]}; "
-                             f"expected P = {self.dim} (the model's trainable parameters). "
-                             "Build it with `flatten` over model.trainable_variables.")
-        result = self._function(tf.convert_to_tensor(x), tf.convert_to_tensor(y),
-                                tf.constant(vector, dtype=self._dtype))
+            raise ValueError(
+                f"hessian_vector_product: vector of length {vector.shape[0]}; "
+                f"expected P = {self.dim} (the model's trainable parameters). "
+                "Build it with `flatten` over model.trainable_variables."
+            )
+        result = self._function(
+            tf.convert_to_tensor(x), tf.convert_to_tensor(y), tf.constant(vector, dtype=self._dtype)
+        )
         return result.numpy().astype(np.float64)
 
 
@@ -145,5 +157,6 @@ def sharpness(model, x, y, *, num_iterations=20, seed=0):
     product = _cached_product(model)
     x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
     _, ritz_max = lanczos_extreme_eigenvalues(
-        lambda v: product(x, y, v), product.dim, num_iterations=num_iterations, seed=seed)
+        lambda v: product(x, y, v), product.dim, num_iterations=num_iterations, seed=seed
+    )
     return float(ritz_max)

@@ -42,10 +42,9 @@ class HalfSquaredError(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_pred = tf.convert_to_tensor(y_pred)
         y_true = tf.cast(y_true, y_pred.dtype)
-        return 0.5 * tf.reduce_sum(tf.square(y_pred - tf.reshape(y_true, tf.shape(y_pred))),
-                                   axis=-1)
-
-
+        return 0.5 * tf.reduce_sum(
+            tf.square(y_pred - tf.reshape(y_true, tf.shape(y_pred))), axis=-1
+        )
 
 
 def loss_name(loss):
@@ -66,7 +65,8 @@ def loss_scale(loss, num_outputs):
     if isinstance(loss, keras.losses.MeanSquaredError):
         return 2.0 / num_outputs if loss.reduction == _REDUCTION else None
     if isinstance(loss, str) and loss.lower().replace("_", "") in (
-            n.replace("_", "") for n in _MSE_NAMES):
+        n.replace("_", "") for n in _MSE_NAMES
+    ):
         return 2.0 / num_outputs
     if callable(loss) and getattr(loss, "__name__", None) == "mean_squared_error":
         return 2.0 / num_outputs
@@ -81,11 +81,18 @@ def inner_optimizer(optimizer):
 def is_plain_sgd(optimizer):
     """True for keras SGD without momentum, Nesterov, weight decay, clipping, EMA."""
     opt = inner_optimizer(optimizer)
-    if type(opt) is not keras.optimizers.SGD:  # noqa: E721 - subclasses may change the step
+    if type(opt) is not keras.optimizers.SGD:
         return False
-    return (float(opt.momentum) == 0.0 and not opt.nesterov and not opt.weight_decay
-            and opt.clipnorm is None and opt.clipvalue is None and opt.global_clipnorm is None
-            and not opt.use_ema and not getattr(opt, "gradient_accumulation_steps", None))
+    return (
+        float(opt.momentum) == 0.0
+        and not opt.nesterov
+        and not opt.weight_decay
+        and opt.clipnorm is None
+        and opt.clipvalue is None
+        and opt.global_clipnorm is None
+        and not opt.use_ema
+        and not getattr(opt, "gradient_accumulation_steps", None)
+    )
 
 
 def optimizer_learning_rate(optimizer):
@@ -97,12 +104,9 @@ def optimizer_learning_rate(optimizer):
     try:
         value = np.asarray(opt.learning_rate)
         # The shortest decimal of a float32 rate: SGD(0.05) gives 0.05, not 0.0500000007.
-        value = float(str(value.astype(np.float32))) if value.dtype == np.float32 \
-            else float(value)
+        value = float(str(value.astype(np.float32))) if value.dtype == np.float32 else float(value)
     except (TypeError, ValueError) as error:
         return None, f"could not read {type(opt).__name__}.learning_rate ({error})"
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         return value, f"{type(schedule).__name__} schedule, its value at train begin"
     return value, None
-
-

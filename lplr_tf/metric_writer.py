@@ -11,7 +11,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from lplr_tf.analysis import json_safe
+from lplr_tf.values import json_safe
 
 
 class MetricWriter:
@@ -57,7 +57,11 @@ class MetricWriter:
             return
         with self._summary_writer.as_default(step=row["step"]), np.errstate(over="ignore"):
             for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if (
+                    key != "step"
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                ):
                     # Summaries are float32: a finite float64 beyond its range becomes inf.
                     tf.summary.scalar(key, np.float32(value))
             if eigenvalues is not None:

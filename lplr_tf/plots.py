@@ -22,16 +22,23 @@ def _series(rows, key, offset=0.0):
     steps, values = [], []
     for row in rows:
         value = row.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             steps.append(float(row["step"]))
             values.append(float(value) - offset)
     return np.asarray(steps), np.asarray(values)
 
 
 def _not_measured(axis, what):
-    axis.text(0.5, 0.5, f"{what}: not measured", ha="center", va="center",
-              transform=axis.transAxes, fontsize=11, color="gray")
+    axis.text(
+        0.5,
+        0.5,
+        f"{what}: not measured",
+        ha="center",
+        va="center",
+        transform=axis.transAxes,
+        fontsize=11,
+        color="gray",
+    )
     axis.set_xticks([])
     axis.set_yticks([])
 
@@ -56,14 +63,24 @@ def _loss_panel(axis, rows, summary):
         slope = math.log(fit["rate"])
         intercept = float(np.mean(np.log(gaps[inside]) - slope * steps[inside]))
         line = np.linspace(start, end, 50)
-        axis.plot(line, np.exp(intercept + slope * line), "--", color="black",
-                  label=f"fit ρ̂ = {format_rate(fit['rate'])} (R² = {fit['r2']:.3f})")
+        axis.plot(
+            line,
+            np.exp(intercept + slope * line),
+            "--",
+            color="black",
+            label=f"fit ρ̂ = {format_rate(fit['rate'])} (R² = {fit['r2']:.3f})",
+        )
     rate_bound = summary["bound"]["rate_bound"]
     initial = summary["initial_loss"]
     if rate_bound is not None and 0 < rate_bound and initial is not None and initial > l_star:
         line = np.linspace(steps[0], steps[-1], 200)
-        axis.plot(line, (initial - l_star) * rate_bound ** (line - steps[0]), ":",
-                  color="red", label=f"bound (L₀ − L*)·ρ_bound^t, ρ_bound = {format_rate(rate_bound)}")
+        axis.plot(
+            line,
+            (initial - l_star) * rate_bound ** (line - steps[0]),
+            ":",
+            color="red",
+            label=f"bound (L₀ − L*)·ρ_bound^t, ρ_bound = {format_rate(rate_bound)}",
+        )
     lin_steps, lin = _positive(*_series(rows, "loss_linearized", l_star))
     # An exploding prediction (eta * lambda_max(K_0) > 2) is cut where it leaves the plot.
     keep = lin <= 1e3 * gaps.max()
@@ -92,8 +109,14 @@ def _pl_panel(axis, rows):
     if common.size:
         lows = low[np.isin(low_steps, common)]
         highs = high[np.isin(high_steps, common)]
-        axis.fill_between(common, np.maximum(lows, 1e-300), highs, alpha=0.25,
-                          color="tab:orange", label="NTK band [λ_min(K_t), λ_max(K_t)]")
+        axis.fill_between(
+            common,
+            np.maximum(lows, 1e-300),
+            highs,
+            alpha=0.25,
+            color="tab:orange",
+            label="NTK band [λ_min(K_t), λ_max(K_t)]",
+        )
     axis.plot(*_positive(steps, ratios), "o-", markersize=2, label="PL ratio q_t")
     axis.set_yscale("log")
     axis.set_xlabel("step")
@@ -103,9 +126,12 @@ def _pl_panel(axis, rows):
 
 
 def _spectrum_panel(axis, rows, learning_rate):
-    curves = [("ntk_lambda_min", "λ_min(K_t)"), ("ntk_lambda_max", "λ_max(K_t)"),
-              ("sharpness", "sharpness β = λ_max(∇²L)"),
-              ("gn_sharpness", "Gauss–Newton λ_max")]
+    curves = [
+        ("ntk_lambda_min", "λ_min(K_t)"),
+        ("ntk_lambda_max", "λ_max(K_t)"),
+        ("sharpness", "sharpness β = λ_max(∇²L)"),
+        ("gn_sharpness", "Gauss–Newton λ_max"),
+    ]
     drawn = 0
     for key, label in curves:
         steps, values = _positive(*_series(rows, key))
@@ -116,7 +142,9 @@ def _spectrum_panel(axis, rows, learning_rate):
         _not_measured(axis, "NTK spectrum and sharpness")
         axis.set_title("(c) spectrum and sharpness vs 2/η")
         return
-    axis.axhline(2.0 / learning_rate, color="red", linestyle="--", label=f"2/η = {2 / learning_rate:.3g}")
+    axis.axhline(
+        2.0 / learning_rate, color="red", linestyle="--", label=f"2/η = {2 / learning_rate:.3g}"
+    )
     axis.set_yscale("log")
     axis.set_xlabel("step")
     axis.set_ylabel("eigenvalue")
@@ -138,10 +166,22 @@ def _drift_panel(axis, rows, kernel_drift_bound):
     axis.set_ylabel("parameter drift ‖θ_t − θ_0‖₂")
     if kernel_steps.size:
         twin = axis.twinx()
-        handles += twin.plot(kernel_steps, kernel, "s-", markersize=2, color="tab:purple",
-                             label="kernel drift ‖K_t − K_0‖_F / ‖K_0‖_F")
-        handles.append(twin.axhline(kernel_drift_bound, color="tab:purple", linestyle=":",
-                                    label=f"kernel drift bound {kernel_drift_bound:g}"))
+        handles += twin.plot(
+            kernel_steps,
+            kernel,
+            "s-",
+            markersize=2,
+            color="tab:purple",
+            label="kernel drift ‖K_t − K_0‖_F / ‖K_0‖_F",
+        )
+        handles.append(
+            twin.axhline(
+                kernel_drift_bound,
+                color="tab:purple",
+                linestyle=":",
+                label=f"kernel drift bound {kernel_drift_bound:g}",
+            )
+        )
         twin.set_ylabel("relative kernel drift")
     axis.set_title("(d) parameter and kernel drift")
     axis.legend(handles=handles, fontsize=7, loc="best")
@@ -177,10 +217,16 @@ def plot_convergence(rows, summary, path, title=None):
     _spectrum_panel(axes[1, 0], rows, settings["learning_rate"])
     _drift_panel(axes[1, 1], rows, settings["kernel_drift_bound"])
     head = f"{title} — " if title else ""
-    where = f"at step {summary['status_step']}" if summary["status_step"] is not None \
+    where = (
+        f"at step {summary['status_step']}"
+        if summary["status_step"] is not None
         else f"after {summary['steps']} steps"
-    figure.suptitle(f"{head}η = {settings['learning_rate']:g}, L* = {settings['l_star']:g}, "
-                    f"tolerance = {settings['tolerance']:g}; status {summary['status']} {where}", fontsize=12)
+    )
+    figure.suptitle(
+        f"{head}η = {settings['learning_rate']:g}, L* = {settings['l_star']:g}, "
+        f"tolerance = {settings['tolerance']:g}; status {summary['status']} {where}",
+        fontsize=12,
+    )
     figure.tight_layout(rect=(0, 0, 1, 0.96))
     _save(figure, path)
 
@@ -193,8 +239,10 @@ def plot_comparison(runs, path):
       path: Output PNG path; parent directories are created.
     """
     if not runs:
-        raise ValueError("plot_comparison: runs=[]; expected at least one (label, rows, "
-                         "summary) triple. Pass the runs to compare.")
+        raise ValueError(
+            "plot_comparison: runs=[]; expected at least one (label, rows, "
+            "summary) triple. Pass the runs to compare."
+        )
     figure = Figure(figsize=(12, 4.5))
     loss_axis, drift_axis = figure.subplots(1, 2)
     any_loss = any_drift = False
@@ -207,8 +255,10 @@ def plot_comparison(runs, path):
         if steps.size:
             drift_axis.plot(steps, drift, label=label)
             any_drift = True
-    for axis, drawn, what, ylabel in [(loss_axis, any_loss, "loss", "L − L*"),
-                                      (drift_axis, any_drift, "drift", "‖θ_t − θ_0‖₂")]:
+    for axis, drawn, what, ylabel in [
+        (loss_axis, any_loss, "loss", "L − L*"),
+        (drift_axis, any_drift, "drift", "‖θ_t − θ_0‖₂"),
+    ]:
         if not drawn:
             _not_measured(axis, what)
             continue

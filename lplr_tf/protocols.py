@@ -5,7 +5,7 @@ often it measures. It holds no tensors and does no work.
 """
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import gin
 
@@ -35,11 +35,11 @@ class Protocol:
     name: str
     learning_rate: float
     num_steps: int
-    batch_size: Optional[int]
+    batch_size: int | None
     seed: int
     log_every: int
     probe_every: int
-    probe_size: Optional[int] = None
+    probe_size: int | None = None
     learning_rate_schedule: Any = None
 
     @property
@@ -117,7 +117,8 @@ def sgd(
         seed=validation.integer("protocol.sgd.seed", seed, 0),
         log_every=validation.integer("protocol.sgd.log_every", log_every, 1),
         probe_every=validation.integer("protocol.sgd.probe_every", probe_every or log_every, 1),
-        probe_size=None if probe_size is None else validation.integer(
-            "protocol.sgd.probe_size", probe_size, 1),
+        probe_size=None
+        if probe_size is None
+        else validation.integer("protocol.sgd.probe_size", probe_size, 1),
         learning_rate_schedule=learning_rate_schedule,
     )

@@ -26,8 +26,10 @@ SUMMARY_FILE = "summary.json"
 CONVERGENCE_PLOT = os.path.join("plots", "convergence.png")
 COMPARISON_PLOT = "comparison.png"
 _SETTING_NAMES = tuple(
-    name for name, parameter in inspect.signature(analysis.summarize).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY)
+    name
+    for name, parameter in inspect.signature(analysis.summarize).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+)
 
 
 def read_metrics(workdir):
@@ -42,9 +44,11 @@ def read_metrics(workdir):
     """
     path = os.path.join(os.fspath(workdir), METRICS_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no metrics file; expected the metrics.jsonl that "
-                                "lplr-train writes in every run directory. Check the workdir "
-                                "path, or whether the run started logging.")
+        raise FileNotFoundError(
+            f"{path}: no metrics file; expected the metrics.jsonl that "
+            "lplr-train writes in every run directory. Check the workdir "
+            "path, or whether the run started logging."
+        )
     with open(path, encoding="utf-8") as stream:
         lines = [line for line in stream.read().split("\n") if line.strip()]
     rows_by_step = {}
@@ -54,11 +58,15 @@ def read_metrics(workdir):
         except json.JSONDecodeError as error:
             if number == len(lines):
                 break  # Truncated by a crash mid-write.
-            raise ValueError(f"{path}:{number}: malformed JSON ({error}); expected one JSON "
-                             "object per line. Remove or repair that line.") from error
+            raise ValueError(
+                f"{path}:{number}: malformed JSON ({error}); expected one JSON "
+                "object per line. Remove or repair that line."
+            ) from error
         if not isinstance(row, dict) or row.get("step") is None:
-            raise ValueError(f"{path}:{number}: row {line[:80]!r} has no `step`; expected a "
-                             "JSON object with an integer step. Remove or repair that line.")
+            raise ValueError(
+                f"{path}:{number}: row {line[:80]!r} has no `step`; expected a "
+                "JSON object with an integer step. Remove or repair that line."
+            )
         rows_by_step[int(row["step"])] = row
     return [rows_by_step[step] for step in sorted(rows_by_step)]
 
@@ -72,9 +80,11 @@ def read_summary(workdir):
         try:
             return json.load(stream)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: malformed JSON ({error}); expected a summary written "
-                             "by lplr_tf. Delete it and pass --learning_rate (and --l_star) "
-                             "to recompute it.") from error
+            raise ValueError(
+                f"{path}: malformed JSON ({error}); expected a summary written "
+                "by lplr_tf. Delete it and pass --learning_rate (and --l_star) "
+                "to recompute it."
+            ) from error
 
 
 def write_summary(workdir, summary):
@@ -113,9 +123,11 @@ def analysis_settings(workdir, *, learning_rate=None, l_star=None):
     if settings.get("learning_rate") is None:
         path = os.path.join(os.fspath(workdir), SUMMARY_FILE)
         found = "has no settings.learning_rate" if previous is not None else "does not exist"
-        raise ValueError(f"{path} {found}; expected the run's analysis settings there or "
-                         "the --learning_rate flag. Pass --learning_rate (and --l_star if "
-                         "L* ≠ 0).")
+        raise ValueError(
+            f"{path} {found}; expected the run's analysis settings there or "
+            "the --learning_rate flag. Pass --learning_rate (and --l_star if "
+            "L* ≠ 0)."
+        )
     return settings
 
 
@@ -123,15 +135,21 @@ def report_run(workdir, *, learning_rate=None, l_star=None, plot=True):
     """Recomputes one run's summary.json (and plots/convergence.png); returns (rows, summary)."""
     rows = read_metrics(workdir)
     if not rows:
-        raise ValueError(f"{os.path.join(os.fspath(workdir), METRICS_FILE)} holds no rows; "
-                         "expected at least one logged step. Let the run log before "
-                         "reporting on it.")
+        raise ValueError(
+            f"{os.path.join(os.fspath(workdir), METRICS_FILE)} holds no rows; "
+            "expected at least one logged step. Let the run log before "
+            "reporting on it."
+        )
     settings = analysis_settings(workdir, learning_rate=learning_rate, l_star=l_star)
     summary = analysis.summarize(rows, **settings)
     write_summary(workdir, summary)
     if plot:
-        plots.plot_convergence(rows, summary, os.path.join(os.fspath(workdir), CONVERGENCE_PLOT),
-                               title=run_label(workdir))
+        plots.plot_convergence(
+            rows,
+            summary,
+            os.path.join(os.fspath(workdir), CONVERGENCE_PLOT),
+            title=run_label(workdir),
+        )
     return rows, summary
 
 
@@ -174,25 +192,40 @@ RATE_COLUMNS = ("fit rate", "rate_bound")
 
 def comparison_table(runs):
     """A markdown table of key summary fields, one row per (label, summary) pair."""
-    lines = ["| " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |",
-             "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
+    lines = [
+        "| " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|",
+    ]
     for label, summary in runs:
-        cells = [label] + [_cell(get(summary), rate=name in RATE_COLUMNS)
-                           for name, get in TABLE_COLUMNS[1:]]
+        cells = [label] + [
+            _cell(get(summary), rate=name in RATE_COLUMNS) for name, get in TABLE_COLUMNS[1:]
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _parser():
     parser = argparse.ArgumentParser(
-        prog="lplr-report", description="Recompute summary.json and plots of lplr_tf runs.")
+        prog="lplr-report", description="Recompute summary.json and plots of lplr_tf runs."
+    )
     parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="run directories")
-    parser.add_argument("--learning_rate", type=float, default=None,
-                        help="step size η; overrides summary.json's settings")
-    parser.add_argument("--l_star", type=float, default=None,
-                        help="optimal loss L*; overrides summary.json's settings")
-    parser.add_argument("--output_dir", default=".",
-                        help="where comparison.png goes (several workdirs); default: cwd")
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="step size η; overrides summary.json's settings",
+    )
+    parser.add_argument(
+        "--l_star",
+        type=float,
+        default=None,
+        help="optimal loss L*; overrides summary.json's settings",
+    )
+    parser.add_argument(
+        "--output_dir",
+        default=".",
+        help="where comparison.png goes (several workdirs); default: cwd",
+    )
     parser.add_argument("--no_plots", action="store_true", help="skip the figures")
     return parser
 
@@ -203,8 +236,12 @@ def main(argv=None, stdout=None):
     arguments = _parser().parse_args(argv)
     runs = []
     for workdir in arguments.workdirs:
-        rows, summary = report_run(workdir, learning_rate=arguments.learning_rate,
-                                   l_star=arguments.l_star, plot=not arguments.no_plots)
+        rows, summary = report_run(
+            workdir,
+            learning_rate=arguments.learning_rate,
+            l_star=arguments.l_star,
+            plot=not arguments.no_plots,
+        )
         print(f"{run_label(workdir)}: {summary['verdict']}", file=stdout)
         runs.append((run_label(workdir), rows, summary))
     if len(runs) > 1:

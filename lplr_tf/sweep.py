@@ -50,15 +50,12 @@ import subprocess
 import sys
 import time
 
-
 from lplr_tf import analysis, report
-from lplr_tf.sweep_report import (CSV_FILE, MARKDOWN_FILE, plot_sweep, write_hparams,
-                                   write_tables)
+from lplr_tf.sweep_report import CSV_FILE, MARKDOWN_FILE, plot_sweep, write_hparams, write_tables
 
 SMOKE_CONFIG = "smoke.gin"
 GRID_FORM = "configurable.parameter=[v1,v2,...]"
 _KEY = re.compile(r"^[A-Za-z_][\w/]*(\.[A-Za-z_]\w*)+$")
-
 
 
 # --------------------------------------------------------------------------------------
@@ -100,11 +97,13 @@ def parse_grid(text):
     Raises:
       ValueError: the text is not of that form (names the value and the expected form).
     """
+
     def bad(why):
         return ValueError(
             f"--grid {text!r}: {why}; expected the form {GRID_FORM}, e.g. "
             "--grid 'fc.build_model.width=[64,256,1024]' (values are gin text: numbers, "
-            "'strings', (tuples), True, @references).")
+            "'strings', (tuples), True, @references)."
+        )
 
     if "=" not in text:
         raise bad("no '='")
@@ -123,8 +122,9 @@ def parse_grid(text):
             try:
                 ast.literal_eval(part)
             except (ValueError, SyntaxError) as error:
-                raise bad(f"the value {part!r} is not a gin literal (quote strings: "
-                          f"'{part}')") from error
+                raise bad(
+                    f"the value {part!r} is not a gin literal (quote strings: '{part}')"
+                ) from error
     if len(set(parts)) != len(parts):
         raise bad("a value is listed twice")
     return GridKey(name, tuple(parts))
@@ -159,11 +159,14 @@ def parse_seeds(text):
         else:
             seeds = tuple(range(int(text)))
     except ValueError as error:
-        raise ValueError(f"--seeds {text!r}: expected a count N (seeds 0..N-1) or a list "
-                         "like 0,4,7.") from error
+        raise ValueError(
+            f"--seeds {text!r}: expected a count N (seeds 0..N-1) or a list like 0,4,7."
+        ) from error
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds {text!r}: expected N >= 1 or distinct seeds >= 0, e.g. "
-                         "--seeds 3 or --seeds 0,4,7.")
+        raise ValueError(
+            f"--seeds {text!r}: expected N >= 1 or distinct seeds >= 0, e.g. "
+            "--seeds 3 or --seeds 0,4,7."
+        )
     return seeds
 
 
@@ -184,8 +187,7 @@ class Run:
 
     @property
     def combination(self):
-        return ",".join(f"{k}={safe_value(v)}" for k, v in self.label_settings.items()) \
-            or "base"
+        return ",".join(f"{k}={safe_value(v)}" for k, v in self.label_settings.items()) or "base"
 
     @property
     def name(self):
@@ -239,8 +241,10 @@ def seed_parameters(gin_files, gin_bindings):
                 found.append(name)
         return found
     except (ValueError, SyntaxError) as error:
-        raise ValueError(f"The sweep's configuration does not parse: {error}\nFix the "
-                         "--gin_file, --gin_bindings or --grid named above.") from error
+        raise ValueError(
+            f"The sweep's configuration does not parse: {error}\nFix the "
+            "--gin_file, --gin_bindings or --grid named above."
+        ) from error
     finally:
         gin.clear_config()
 
@@ -250,16 +254,23 @@ def plan(gin_files, gin_bindings, grid, seeds, workdir, seed_parameter=None):
     keys = list(grid)
     names = [k.name for k in keys]
     if len(set(names)) != len(names):
-        raise ValueError(f"--grid names a parameter twice ({names}); give each parameter "
-                         "once with all its values, e.g. --grid 'fc.build_model.width=[64,256]'.")
+        raise ValueError(
+            f"--grid names a parameter twice ({names}); give each parameter "
+            "once with all its values, e.g. --grid 'fc.build_model.width=[64,256]'."
+        )
     labels = _labels(keys)
     runs = []
     for values in itertools.product(*(k.values for k in keys)):
         grid_bindings = [f"{name} = {value}" for name, value in zip(names, values)]
         targets = seed_parameter or seed_parameters(gin_files, list(gin_bindings) + grid_bindings)
         for seed in seeds:
-            run = Run(settings=dict(zip(names, values)), label_settings=dict(zip(labels, values)),
-                      seed=seed, workdir="", bindings=grid_bindings + [f"{t} = {seed}" for t in targets])
+            run = Run(
+                settings=dict(zip(names, values)),
+                label_settings=dict(zip(labels, values)),
+                seed=seed,
+                workdir="",
+                bindings=grid_bindings + [f"{t} = {seed}" for t in targets],
+            )
             run.workdir = os.path.join(workdir, run.combination, f"seed={seed}")
             runs.append(run)
     return keys, labels, runs
@@ -348,8 +359,9 @@ def execute(runs, gin_files, gin_bindings, parallel=1, log=print):
             os.makedirs(run.workdir, exist_ok=True)
             log_path = os.path.join(run.workdir, "train.log")
             stream = open(log_path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
-            process = subprocess.Popen(_command(run, gin_files, gin_bindings), stdout=stream,
-                                       stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                _command(run, gin_files, gin_bindings), stdout=stream, stderr=subprocess.STDOUT
+            )
             run.action = "ran"
             active.append((run, process, stream, log_path, time.monotonic()))
             log(f"[sweep] started {run.name} (pid {process.pid})")
@@ -387,8 +399,20 @@ class SweepResult:
         return [r for r in self.runs if r.action == "skipped"]
 
 
-def run_sweep(gin_files, gin_bindings, grid, seeds, workdir, *, parallel=1, smoke=False,
-              seed_parameter=None, plot=True, log=print, command=None):
+def run_sweep(
+    gin_files,
+    gin_bindings,
+    grid,
+    seeds,
+    workdir,
+    *,
+    parallel=1,
+    smoke=False,
+    seed_parameter=None,
+    plot=True,
+    log=print,
+    command=None,
+):
     """Runs a sweep and writes its tables, plots and HParams (module docstring).
 
     Args:
@@ -417,16 +441,20 @@ def run_sweep(gin_files, gin_bindings, grid, seeds, workdir, *, parallel=1, smok
         seeds = parse_seeds(seeds)
     gin_files = list(gin_files) + ([SMOKE_CONFIG] if smoke else [])
     if not gin_files:
-        raise ValueError("lplr-sweep: no --gin_file given; expected at least one, e.g. "
-                         "--gin_file=digits_fc_gd.gin.")
+        raise ValueError(
+            "lplr-sweep: no --gin_file given; expected at least one, e.g. "
+            "--gin_file=digits_fc_gd.gin."
+        )
     if not workdir:
         raise ValueError("lplr-sweep: --workdir is required, e.g. --workdir=runs/ablation.")
     if int(parallel) < 1:
         raise ValueError(f"--parallel {parallel}: expected an integer >= 1.")
     keys, labels, runs = plan(gin_files, gin_bindings, keys, seeds, workdir, seed_parameter)
     os.makedirs(workdir, exist_ok=True)
-    log(f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} combinations × {len(seeds)} "
-        f"seeds) in {workdir}")
+    log(
+        f"[sweep] {len(runs)} runs ({len(runs) // len(seeds)} combinations × {len(seeds)} "
+        f"seeds) in {workdir}"
+    )
     execute(runs, gin_files, gin_bindings, parallel=int(parallel), log=log)
     rows, combined = write_tables(workdir, runs, labels, command=command)
     if plot:
@@ -437,22 +465,40 @@ def run_sweep(gin_files, gin_bindings, grid, seeds, workdir, *, parallel=1, smok
 
 def _parser():
     parser = argparse.ArgumentParser(
-        prog="lplr-sweep", description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin config (path or name in gin_configs/); repeatable")
-    parser.add_argument("--gin_bindings", action="append", default=[],
-                        help="gin binding applied to every run; repeatable")
-    parser.add_argument("--grid", action="append", default=[],
-                        help=f"{GRID_FORM}; repeatable, every combination is run")
-    parser.add_argument("--seeds", default="1",
-                        help="N (seeds 0..N-1) or a list 0,4,7 (default 1)")
-    parser.add_argument("--seed_parameter", action="append", default=None,
-                        help="gin parameter that takes the seed (repeatable); default: "
-                             "numerics.seed, the model builder's and the protocol's seed")
+        prog="lplr-sweep",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        help="gin config (path or name in gin_configs/); repeatable",
+    )
+    parser.add_argument(
+        "--gin_bindings",
+        action="append",
+        default=[],
+        help="gin binding applied to every run; repeatable",
+    )
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        help=f"{GRID_FORM}; repeatable, every combination is run",
+    )
+    parser.add_argument("--seeds", default="1", help="N (seeds 0..N-1) or a list 0,4,7 (default 1)")
+    parser.add_argument(
+        "--seed_parameter",
+        action="append",
+        default=None,
+        help="gin parameter that takes the seed (repeatable); default: "
+        "numerics.seed, the model builder's and the protocol's seed",
+    )
     parser.add_argument("--workdir", required=True, help="sweep directory")
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="run K subprocesses at once (default 1: in-process)")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="run K subprocesses at once (default 1: in-process)"
+    )
     parser.add_argument("--smoke", action="store_true", help="append smoke.gin (tiny runs)")
     parser.add_argument("--no_plots", action="store_true", help="skip the figures")
     return parser
@@ -465,13 +511,25 @@ def main(argv=None, log=print):
     """
     arguments = _parser().parse_args(argv)
     command = "lplr-sweep " + " ".join(
-        f"'{a}'" if re.search(r"[\s\[\]()']", a) else a for a in (argv or sys.argv[1:]))
-    result = run_sweep(arguments.gin_file, arguments.gin_bindings, arguments.grid,
-                       arguments.seeds, arguments.workdir, parallel=arguments.parallel,
-                       smoke=arguments.smoke, seed_parameter=arguments.seed_parameter,
-                       plot=not arguments.no_plots, log=log, command=command)
-    log(f"[sweep] wrote {os.path.join(arguments.workdir, MARKDOWN_FILE)} and {CSV_FILE}: "
-        f"{len(result.ran)} ran, {len(result.skipped)} skipped")
+        f"'{a}'" if re.search(r"[\s\[\]()']", a) else a for a in (argv or sys.argv[1:])
+    )
+    result = run_sweep(
+        arguments.gin_file,
+        arguments.gin_bindings,
+        arguments.grid,
+        arguments.seeds,
+        arguments.workdir,
+        parallel=arguments.parallel,
+        smoke=arguments.smoke,
+        seed_parameter=arguments.seed_parameter,
+        plot=not arguments.no_plots,
+        log=log,
+        command=command,
+    )
+    log(
+        f"[sweep] wrote {os.path.join(arguments.workdir, MARKDOWN_FILE)} and {CSV_FILE}: "
+        f"{len(result.ran)} ran, {len(result.skipped)} skipped"
+    )
     return 1 if any(r.status == "error" for r in result.runs) else 0
 
 

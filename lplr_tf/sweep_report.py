@@ -1,10 +1,10 @@
 """The tables, figures and TensorBoard HParams of a finished sweep (see `lplr_tf.sweep`).
 
-    sweep.csv, sweep.md     one row per run (settings, seed, status, the key summary fields);
-                            sweep.md adds min/median/max across seeds per combination
-    sweep_aggregate.csv     those min/median/max
-    plots/sweep.png         final drift, kernel drift, PL lower envelope vs the first grid key
-    plots/loss_curves.png   every run's loss and drift
+sweep.csv, sweep.md     one row per run (settings, seed, status, the key summary fields);
+                        sweep.md adds min/median/max across seeds per combination
+sweep_aggregate.csv     those min/median/max
+plots/sweep.png         final drift, kernel drift, PL lower envelope vs the first grid key
+plots/loss_curves.png   every run's loss and drift
 """
 
 import ast
@@ -20,6 +20,7 @@ CSV_FILE = "sweep.csv"
 MARKDOWN_FILE = "sweep.md"
 AGGREGATE_FILE = "sweep_aggregate.csv"
 
+
 def python_value(text):
     """The gin value text as a Python scalar for tables and HParams (str if not scalar)."""
     try:
@@ -27,7 +28,6 @@ def python_value(text):
     except (ValueError, SyntaxError):
         return text
     return value if isinstance(value, (bool, int, float, str)) else text
-
 
 
 # (column, summary getter) of the per-run table, after the grid settings and the seed.
@@ -50,7 +50,6 @@ SUMMARY_COLUMNS = (
 )
 AGGREGATED = ("fitted_rate", "final_drift", "kernel_drift", "pl_lower_envelope")
 RATE_COLUMNS = ("fitted_rate", "rate_bound")
-
 
 
 def _get(summary, getter):
@@ -89,8 +88,11 @@ def aggregate(runs, labels):
         row["statuses"] = " ".join(sorted({m.status for m in members}))
         for column in AGGREGATED:
             getter = dict(SUMMARY_COLUMNS)[column]
-            values = [v for v in (_get(m.summary, getter) for m in members)
-                      if isinstance(v, (int, float)) and math.isfinite(v)]
+            values = [
+                v
+                for v in (_get(m.summary, getter) for m in members)
+                if isinstance(v, (int, float)) and math.isfinite(v)
+            ]
             row[f"{column}_min"] = min(values) if values else None
             row[f"{column}_median"] = float(np.median(values)) if values else None
             row[f"{column}_max"] = max(values) if values else None
@@ -106,6 +108,7 @@ def _cell(value, rate=False):
     if isinstance(value, float):
         if rate:
             from lplr_tf.verdict import format_rate
+
             return format_rate(value)
         return f"{value:.4g}"
     return str(value).replace("|", "\\|")
@@ -114,8 +117,9 @@ def _cell(value, rate=False):
 def _markdown(rows, columns, rate_columns=()):
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c), c in rate_columns) for c in columns)
-                     + " |")
+        lines.append(
+            "| " + " | ".join(_cell(row.get(c), c in rate_columns) for c in columns) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -130,29 +134,54 @@ def _write_csv(path, rows, columns):
 def write_tables(workdir, runs, labels, command=None):
     """Writes sweep.csv, sweep_aggregate.csv and sweep.md; returns (rows, aggregate rows)."""
     rows = [run_row(run) for run in runs]
-    columns = ["run", *labels, "seed"] + [c for c, _ in SUMMARY_COLUMNS] + \
-        ["action", "error", "workdir"]
+    columns = (
+        ["run", *labels, "seed"] + [c for c, _ in SUMMARY_COLUMNS] + ["action", "error", "workdir"]
+    )
     _write_csv(os.path.join(workdir, CSV_FILE), rows, columns)
     combined = aggregate(runs, labels)
     stats = [f"{c}_{s}" for c in AGGREGATED for s in ("min", "median", "max")]
     agg_columns = [*labels, "seeds", "statuses"] + stats
     _write_csv(os.path.join(workdir, AGGREGATE_FILE), combined, agg_columns)
-    shown = [*labels, "seed", "status", "fitted_rate", "mu", "mu_cert", "certified",
-             "in_local_regime", "final_drift", "kernel_drift", "pl_lower_envelope",
-             "final_loss", "action"]
+    shown = [
+        *labels,
+        "seed",
+        "status",
+        "fitted_rate",
+        "mu",
+        "mu_cert",
+        "certified",
+        "in_local_regime",
+        "final_drift",
+        "kernel_drift",
+        "pl_lower_envelope",
+        "final_loss",
+        "action",
+    ]
     errors = [r for r in rows if r["status"] == "error"]
     text = ["# Sweep", ""]
     if command:
         text += ["```", command, "```", ""]
-    text += [f"{len(rows)} runs; statuses: " + ", ".join(
-        f"{s} {sum(r['status'] == s for r in rows)}" for s in sorted({r['status'] for r in rows})),
-        "", "## Runs", "", _markdown(rows, shown, RATE_COLUMNS), "",
-        "## Across seeds (min / median / max)", ""]
+    text += [
+        f"{len(rows)} runs; statuses: "
+        + ", ".join(
+            f"{s} {sum(r['status'] == s for r in rows)}"
+            for s in sorted({r["status"] for r in rows})
+        ),
+        "",
+        "## Runs",
+        "",
+        _markdown(rows, shown, RATE_COLUMNS),
+        "",
+        "## Across seeds (min / median / max)",
+        "",
+    ]
     agg_shown = [*labels, "seeds", "statuses"]
     for column in AGGREGATED:
         for row in combined:
             row[column] = " / ".join(
-                _cell(row[f"{column}_{s}"], column in RATE_COLUMNS) for s in ("min", "median", "max"))
+                _cell(row[f"{column}_{s}"], column in RATE_COLUMNS)
+                for s in ("min", "median", "max")
+            )
         agg_shown.append(column)
     text += [_markdown(combined, agg_shown), ""]
     if errors:
@@ -194,8 +223,11 @@ def plot_sweep(workdir, runs, keys, labels):
     numeric = _numeric(x_values)
     positions = x_values if numeric else list(range(len(x_values)))
     series_values = keys[1].values if len(keys) > 1 else (None,)
-    metrics = [("final_drift", "final ‖θ_T − θ_0‖₂"), ("kernel_drift", "final kernel drift"),
-               ("pl_lower_envelope", "PL-ratio lower envelope")]
+    metrics = [
+        ("final_drift", "final ‖θ_T − θ_0‖₂"),
+        ("kernel_drift", "final kernel drift"),
+        ("pl_lower_envelope", "PL-ratio lower envelope"),
+    ]
     figure = Figure(figsize=(15, 4.5))
     axes = figure.subplots(1, len(metrics))
     for axis, (column, title) in zip(axes, metrics):
@@ -204,10 +236,17 @@ def plot_sweep(workdir, runs, keys, labels):
         for series in series_values:
             xs, medians, lows, highs = [], [], [], []
             for position, value in zip(positions, first.values):
-                members = [r for r in done if r.settings[first.name] == value
-                           and (series is None or r.settings[keys[1].name] == series)]
-                values = [v for v in (_get(r.summary, getter) for r in members)
-                          if isinstance(v, (int, float)) and math.isfinite(v)]
+                members = [
+                    r
+                    for r in done
+                    if r.settings[first.name] == value
+                    and (series is None or r.settings[keys[1].name] == series)
+                ]
+                values = [
+                    v
+                    for v in (_get(r.summary, getter) for r in members)
+                    if isinstance(v, (int, float)) and math.isfinite(v)
+                ]
                 if values:
                     xs.append(position)
                     medians.append(float(np.median(values)))
@@ -218,15 +257,18 @@ def plot_sweep(workdir, runs, keys, labels):
                 axis.errorbar(xs, medians, yerr=[lows, highs], marker="o", capsize=3, label=label)
                 drawn = True
         if column == "kernel_drift":
-            axis.axhline(runs[0].summary["settings"]["kernel_drift_bound"]
-                         if runs[0].summary else 0.5, color="gray", linestyle=":",
-                         label="kernel drift bound")
+            axis.axhline(
+                runs[0].summary["settings"]["kernel_drift_bound"] if runs[0].summary else 0.5,
+                color="gray",
+                linestyle=":",
+                label="kernel drift bound",
+            )
         if numeric and min(positions) > 0 and max(positions) / min(positions) >= 10:
             axis.set_xscale("log")
         if not numeric:
             axis.set_xticks(positions, [str(v) for v in x_values])
         if drawn and column != "final_drift":
-            values = [l.get_ydata() for l in axis.get_lines()]
+            values = [line.get_ydata() for line in axis.get_lines()]
             if all(np.all(np.asarray(v, float) > 0) for v in values if len(v)):
                 axis.set_yscale("log")
         axis.set_xlabel(labels[0])
@@ -246,13 +288,22 @@ def write_hparams(workdir, runs, keys, labels):
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
-    metric_columns = ("fitted_rate", "mu", "mu_cert", "final_drift", "kernel_drift",
-                      "pl_lower_envelope", "final_loss")
+    metric_columns = (
+        "fitted_rate",
+        "mu",
+        "mu_cert",
+        "final_drift",
+        "kernel_drift",
+        "pl_lower_envelope",
+        "final_loss",
+    )
     hparams = []
     for key, label in zip(keys, labels):
         values = [python_value(v) for v in key.values]
-        if not all(isinstance(v, (bool, int, float, str)) for v in values) or \
-                len({type(v) for v in values}) > 1:
+        if (
+            not all(isinstance(v, (bool, int, float, str)) for v in values)
+            or len({type(v) for v in values}) > 1
+        ):
             values = [str(v) for v in values]
         hparams.append(hp.HParam(label, hp.Discrete(values)))
     seeds = sorted({run.seed for run in runs})

@@ -27,11 +27,15 @@ EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
 
-FLAGS = flags.DEFINE_multi_string(
-    "gin_file", [], "Gin config file: a path, or the bare name of a file in gin_configs/."
-), flags.DEFINE_multi_string(
-    "gin_bindings", [], "Gin binding, e.g. 'fc.build_model.width = 1024'."
-), flags.DEFINE_string("workdir", None, "Run directory for metrics, summary, plots, events.")
+FLAGS = (
+    flags.DEFINE_multi_string(
+        "gin_file", [], "Gin config file: a path, or the bare name of a file in gin_configs/."
+    ),
+    flags.DEFINE_multi_string(
+        "gin_bindings", [], "Gin binding, e.g. 'fc.build_model.width = 1024'."
+    ),
+    flags.DEFINE_string("workdir", None, "Run directory for metrics, summary, plots, events."),
+)
 _GIN_FILES, _GIN_BINDINGS, _WORKDIR = FLAGS
 
 
@@ -131,7 +135,9 @@ def main(argv):
         logging.error("%s", error)
         return EXIT_CONFIG_ERROR
     except Interrupted as interruption:
-        logging.warning("Preempted at step %d; rerun the same command to resume.", interruption.step)
+        logging.warning(
+            "Preempted at step %d; rerun the same command to resume.", interruption.step
+        )
         return EXIT_PREEMPTED
     logging.info("Summary written to %s", os.path.join(_WORKDIR.value, "summary.json"))
     logging.info("%s", summary.get("verdict", summary["status"]))

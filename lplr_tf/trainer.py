@@ -86,7 +86,11 @@ class ProgressReporter:
         if self.initial_gap is None:
             self.initial_gap, self.initial_step = gap, step
         now = time.monotonic()
-        if not force and self.last_time is not None and now - self.last_time < self.interval_seconds:
+        if (
+            not force
+            and self.last_time is not None
+            and now - self.last_time < self.interval_seconds
+        ):
             return
         self.last_time = now
         rate = ""
@@ -107,8 +111,18 @@ class Interrupted(Exception):
         self.step = step
 
 
-def train(trainer, batches, protocol, on_log, *, strategy, start_step=0, resumed=False,
-          interrupted=lambda: False, jit_compile=False):
+def train(
+    trainer,
+    batches,
+    protocol,
+    on_log,
+    *,
+    strategy,
+    start_step=0,
+    resumed=False,
+    interrupted=lambda: False,
+    jit_compile=False,
+):
     """Runs the step loop from `start_step` to `protocol.num_steps`.
 
     Args:

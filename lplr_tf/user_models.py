@@ -14,7 +14,6 @@ import numpy as np
 import tensorflow as tf
 
 
-
 def probe_arrays(probe_data, caller="LPLRCallback"):
     """The probe set as NumPy arrays (x, y) with the same number n ≥ 1 of examples.
 
@@ -31,29 +30,35 @@ def probe_arrays(probe_data, caller="LPLRCallback"):
         if int(probe_data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
             raise ValueError(
                 f"{caller}: probe_data is an infinite tf.data.Dataset (did you .repeat() it?); "
-                "expected a finite dataset of (x, y) batches. Pass dataset.take(k) or arrays.")
+                "expected a finite dataset of (x, y) batches. Pass dataset.take(k) or arrays."
+            )
         xs, ys = [], []
         for element in probe_data:
             if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
                 raise ValueError(
                     f"{caller}: probe_data yields {type(element).__name__} elements; expected "
-                    "(x, y) or (x, y, sample_weight) batches. Map the dataset to (x, y).")
+                    "(x, y) or (x, y, sample_weight) batches. Map the dataset to (x, y)."
+                )
             xs.append(np.asarray(element[0]))
             ys.append(np.asarray(element[1]))
         if not xs:
-            raise ValueError(f"{caller}: probe_data is an empty tf.data.Dataset; expected at "
-                             "least one (x, y) batch.")
+            raise ValueError(
+                f"{caller}: probe_data is an empty tf.data.Dataset; expected at "
+                "least one (x, y) batch."
+            )
         x, y = np.concatenate(xs, axis=0), np.concatenate(ys, axis=0)
     elif isinstance(probe_data, (tuple, list)) and len(probe_data) == 2:
         x, y = np.asarray(probe_data[0]), np.asarray(probe_data[1])
     else:
         raise ValueError(
             f"{caller}: probe_data is a {type(probe_data).__name__}; expected a pair (x, y) of "
-            "arrays with n examples each, or a finite tf.data.Dataset of (x, y) batches.")
+            "arrays with n examples each, or a finite tf.data.Dataset of (x, y) batches."
+        )
     if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(
             f"{caller}: probe x has shape {x.shape} and y has shape {y.shape}; expected the "
-            "same positive number of examples n on the leading axis of both.")
+            "same positive number of examples n on the leading axis of both."
+        )
     if np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
     return x, y
@@ -66,19 +71,20 @@ def probe_targets(y, num_outputs, caller="LPLRCallback"):
     of a classifier is then ‖softmax/logits − onehot‖²/2).
     """
     n = y.shape[0]
-    if (np.issubdtype(y.dtype, np.integer) or y.dtype == bool) and y.size == n \
-            and num_outputs > 1:
+    if (np.issubdtype(y.dtype, np.integer) or y.dtype == bool) and y.size == n and num_outputs > 1:
         labels = y.reshape(-1).astype(np.int64)
         if labels.min() < 0 or labels.max() >= num_outputs:
             raise ValueError(
                 f"{caller}: integer labels in [{labels.min()}, {labels.max()}]; expected "
-                f"class ids in [0, {num_outputs}) for a model with {num_outputs} outputs.")
+                f"class ids in [0, {num_outputs}) for a model with {num_outputs} outputs."
+            )
         return np.eye(num_outputs, dtype=np.float32)[labels]
     if y.size != n * num_outputs:
         raise ValueError(
             f"{caller}: probe y has shape {y.shape}; expected (n, O) = ({n}, {num_outputs}) "
             "to match the model's outputs (or integer class ids of shape (n,)). Pass targets "
-            "encoded like the model's outputs.")
+            "encoded like the model's outputs."
+        )
     return y.reshape(n, num_outputs).astype(np.float32)
 
 
@@ -91,8 +97,10 @@ def _layers(model):
 
 def is_reduced_precision(model):
     """True when a layer of the model computes in float16 or bfloat16 (mixed precision)."""
-    return any(getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16")
-               for layer in _layers(model))
+    return any(
+        getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16")
+        for layer in _layers(model)
+    )
 
 
 def _float32_layer(layer):
@@ -138,13 +146,16 @@ class MeasuredNetwork:
                 copy = _float32_clone(model)
                 copy(x_example, training=False)
                 if is_reduced_precision(copy) or [tuple(w.shape) for w in copy.weights] != [
-                        tuple(w.shape) for w in model.weights]:
+                    tuple(w.shape) for w in model.weights
+                ]:
                     raise ValueError("the float32 clone differs from the model")
-            except Exception as error:  # noqa: BLE001 - any clone failure: measure the model
-                note = (f"model {model.name!r} computes in reduced precision and could not be "
-                        f"copied to float32 ({type(error).__name__}: {error}); its gradients "
-                        "and NTK were computed in its compute dtype (eigensolves in float64).")
-                warnings.warn(note)
+            except Exception as error:
+                note = (
+                    f"model {model.name!r} computes in reduced precision and could not be "
+                    f"copied to float32 ({type(error).__name__}: {error}); its gradients "
+                    "and NTK were computed in its compute dtype (eigensolves in float64)."
+                )
+                warnings.warn(note, stacklevel=2)
                 self.notes.append(note)
             else:
                 self.network = copy
@@ -162,7 +173,8 @@ class MeasuredNetwork:
             raise ValueError(
                 f"model {self.model.name!r} returns {type(outputs).__name__} of shape "
                 f"{getattr(outputs, 'shape', None)} per batch; expected a single tensor of "
-                "shape (n, O). Wrap the model so that it returns one (n, O) tensor.")
+                "shape (n, O). Wrap the model so that it returns one (n, O) tensor."
+            )
         return int(outputs.shape[-1])
 
 
@@ -176,5 +188,3 @@ def outside_strategy(function, *args, **kwargs):
         return function(*args, **kwargs)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(function, *args, **kwargs).result()
-
-

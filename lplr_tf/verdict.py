@@ -32,9 +32,11 @@ def _rate_phrase(fit, bound, sharp):
     if bound["holds"] is True:
         phrase += f", within the bound ρ_bound = {format_rate(bound['rate_bound'])}"
     elif bound["holds"] is False:
-        phrase += (f", but {len(bound['violations'])} logged contractions exceed the bound "
-                   f"ρ_bound = {format_rate(bound['rate_bound'])} "
-                   f"(first at step {bound['violations'][0]})")
+        phrase += (
+            f", but {len(bound['violations'])} logged contractions exceed the bound "
+            f"ρ_bound = {format_rate(bound['rate_bound'])} "
+            f"(first at step {bound['violations'][0]})"
+        )
     if sharp["step_size_ok"] is False:
         phrase += f", with η·β = {sharp['eta_times_max']:.3g} > 1 (the bound assumes η ≤ 1/β)"
     return phrase
@@ -47,10 +49,17 @@ def verdict_sentence(summary, divergence_loss):
     sharp = summary["sharpness"]
     rate = _rate_phrase(fit, bound, sharp)
     if status == "diverged":
-        why = f"η·β = {sharp['eta_times_max']:.3g} ≥ 2, past the edge of stability; " \
-            if sharp["edge_of_stability"] else ""
-        cause = "the loss became non-finite" if divergence_loss is None else \
-            f"the loss {_fmt(divergence_loss)} exceeded the bound {_fmt(summary['loss_bound'])}"
+        why = (
+            f"η·β = {sharp['eta_times_max']:.3g} ≥ 2, past the edge of stability; "
+            if sharp["edge_of_stability"]
+            else ""
+        )
+        cause = (
+            "the loss became non-finite"
+            if divergence_loss is None
+            else f"the loss {_fmt(divergence_loss)} exceeded the bound "
+            f"{_fmt(summary['loss_bound'])}"
+        )
         return f"Diverged at step {step}: {cause}; {why}no locally PL region was kept."
     outcome = {
         "converged": f"converged at step {step}",
@@ -61,8 +70,10 @@ def verdict_sentence(summary, divergence_loss):
     if cert["in_local_regime"] is None:
         return f"Local regime not measured (no NTK probes); the run {outcome}{tail}."
     if not cert["in_local_regime"]:
-        return f"Left the local regime at step {cert['left_step']}: {cert['left_reason']}; " \
+        return (
+            f"Left the local regime at step {cert['left_step']}: {cert['left_reason']}; "
             f"the run {outcome}{tail}."
+        )
     drift = summary["ntk"]["kernel_drift_final"]
     parts = [f"λ_min(K_t) ≥ {_fmt(bound['mu'])} > 0 at every probe"]
     if drift is not None:

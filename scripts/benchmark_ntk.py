@@ -17,10 +17,10 @@ Timing: rounds interleave the implementations (robust to load from other process
 rel diff column is max|Θ − Θ_ref| / max|Θ_ref| against the naive (else jacobian, else
 hand-written) kernel.
 
-Peak memory (of one call after warm-up): on GPU, tf.config.experimental.get_memory_info peak bytes (reset before each
-implementation); on CPU, the peak resident set size sampled every 2 ms from /proc/self/statm
-during the call, minus the RSS before it (tracemalloc does not see TF's allocator,
-and getrusage's maxrss is a process-lifetime high-water mark).
+Peak memory (of one call after warm-up): on GPU, tf.config.experimental.get_memory_info
+peak bytes (reset before each implementation); on CPU, the peak resident set size sampled
+every 2 ms from /proc/self/statm during the call, minus the RSS before it (tracemalloc does
+not see TF's allocator, and getrusage's maxrss is a process-lifetime high-water mark).
 """
 
 import argparse
@@ -43,12 +43,14 @@ from lplr_tf.ntk import empirical_ntk, get_engine, tf32_disabled  # noqa: E402
 
 def fc_model(seed=0):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((784,)),
-        keras.layers.Dense(512, activation="relu"),
-        keras.layers.Dense(512, activation="relu"),
-        keras.layers.Dense(1),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((784,)),
+            keras.layers.Dense(512, activation="relu"),
+            keras.layers.Dense(512, activation="relu"),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
 def small_resnet(seed=0):
@@ -180,8 +182,12 @@ def bench_case(name, model, n, shape, implementations, repeats, seed=0, slow_rep
             results[impl], elapsed = _timed(fn)
         times[impl].append(elapsed)
         rows[impl] = {
-            "case": name, "n": n, "implementation": impl, "warmup_s": warmup,
-            "peak_memory_bytes": int(memory.peak_bytes), "memory_method": memory.method,
+            "case": name,
+            "n": n,
+            "implementation": impl,
+            "warmup_s": warmup,
+            "peak_memory_bytes": int(memory.peak_bytes),
+            "memory_method": memory.method,
         }
         if impl in ("auto", "structured", "jacobian"):
             rows[impl]["resolved"] = get_engine(model, x, impl, "full").implementation
@@ -195,8 +201,9 @@ def bench_case(name, model, n, shape, implementations, repeats, seed=0, slow_rep
         row["repeats"] = len(times[impl])
         print(f"  {name} n={n} {impl}: {row['median_s'] * 1e3:.1f} ms", flush=True)
     rows = list(rows.values())
-    reference = next(results[k] for k in ("naive", "jacobian", "handwritten", "auto")
-                     if k in results)
+    reference = next(
+        results[k] for k in ("naive", "jacobian", "handwritten", "auto") if k in results
+    )
     scale = float(np.abs(reference).max())
     for row in rows:
         kernel = results[row["implementation"]]
@@ -216,19 +223,23 @@ def _no_tf32(fn, x):
 
 
 def print_table(rows):
-    header = (f"{'case':<8}{'n':>6} {'impl':<12}{'median ms':>11}{'warm-up s':>11}"
-              f"{'peak MiB':>10}{'vs naive':>10}{'vs hand':>9}{'rel diff':>10}")
+    header = (
+        f"{'case':<8}{'n':>6} {'impl':<12}{'median ms':>11}{'warm-up s':>11}"
+        f"{'peak MiB':>10}{'vs naive':>10}{'vs hand':>9}{'rel diff':>10}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         naive = row.get("speedup_vs_naive")
         hand = row.get("time_ratio_vs_handwritten")
-        print(f"{row['case']:<8}{row['n']:>6} {row['implementation']:<12}"
-              f"{row['median_s'] * 1e3:>11.1f}{row['warmup_s']:>11.2f}"
-              f"{row['peak_memory_bytes'] / 2**20:>10.1f}"
-              f"{(f'{naive:.1f}x' if naive else '-'):>10}"
-              f"{(f'{hand:.2f}' if hand else '-'):>9}"
-              f"{row['max_abs_diff_vs_reference_rel']:>10.1e}")
+        print(
+            f"{row['case']:<8}{row['n']:>6} {row['implementation']:<12}"
+            f"{row['median_s'] * 1e3:>11.1f}{row['warmup_s']:>11.2f}"
+            f"{row['peak_memory_bytes'] / 2**20:>10.1f}"
+            f"{(f'{naive:.1f}x' if naive else '-'):>10}"
+            f"{(f'{hand:.2f}' if hand else '-'):>9}"
+            f"{row['max_abs_diff_vs_reference_rel']:>10.1e}"
+        )
 
 
 def main():
@@ -236,12 +247,20 @@ def main():
     parser.add_argument("--output", default="benchmarks/ntk.json")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--quick", action="store_true", help="small n, 2 repeats: a smoke run")
-    parser.add_argument("--skip_naive_large", action="store_true",
-                        help="skip tape.jacobian at n=1024 (~1 min)")
-    parser.add_argument("--skip_jacobian_large", action="store_true",
-                        help="skip the per-example Jacobian path at n=1024")
-    parser.add_argument("--slow_repeats", type=int, default=1,
-                        help="timed runs of naive/jacobian at n=1024 (each ~10-60 s)")
+    parser.add_argument(
+        "--skip_naive_large", action="store_true", help="skip tape.jacobian at n=1024 (~1 min)"
+    )
+    parser.add_argument(
+        "--skip_jacobian_large",
+        action="store_true",
+        help="skip the per-example Jacobian path at n=1024",
+    )
+    parser.add_argument(
+        "--slow_repeats",
+        type=int,
+        default=1,
+        help="timed runs of naive/jacobian at n=1024 (each ~10-60 s)",
+    )
     parser.add_argument("--skip_resnet", action="store_true")
     parser.add_argument("--skip_fc", action="store_true")
     args = parser.parse_args()
@@ -249,10 +268,13 @@ def main():
     fc_sizes = (64, 128) if args.quick else (256, 1024)
     resnet_n = 16 if args.quick else 128
 
-    print(f"TF_ENABLE_ONEDNN_OPTS={ONEDNN_ENV!r} (unset: TF's default for this CPU); "
-          f"TF {tf.__version__}, Keras {keras.__version__}, "
-          f"GPUs: {len(tf.config.list_physical_devices('GPU'))}, "
-          f"memory: {PeakMemory().method}", flush=True)
+    print(
+        f"TF_ENABLE_ONEDNN_OPTS={ONEDNN_ENV!r} (unset: TF's default for this CPU); "
+        f"TF {tf.__version__}, Keras {keras.__version__}, "
+        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}, "
+        f"memory: {PeakMemory().method}",
+        flush=True,
+    )
     rows = []
     fc = fc_model()
     for n in () if args.skip_fc else fc_sizes:
@@ -263,22 +285,29 @@ def main():
             if args.skip_jacobian_large:
                 impls.remove("jacobian")
         large = n == fc_sizes[-1] and not args.quick
-        rows += bench_case("fc", fc, n, (784,), impls, repeats,
-                           slow_repeats=args.slow_repeats if large else None)
+        rows += bench_case(
+            "fc", fc, n, (784,), impls, repeats, slow_repeats=args.slow_repeats if large else None
+        )
     if not args.skip_resnet:
-        rows += bench_case("resnet", small_resnet(), resnet_n, (32, 32, 3),
-                           ["auto", "jacobian", "naive"], repeats)
+        rows += bench_case(
+            "resnet", small_resnet(), resnet_n, (32, 32, 3), ["auto", "jacobian", "naive"], repeats
+        )
     print()
     print_table(rows)
     output = pathlib.Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({
-        "tf_enable_onednn_opts": ONEDNN_ENV,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "repeats": repeats,
-        "rows": rows,
-    }, indent=2))
+    output.write_text(
+        json.dumps(
+            {
+                "tf_enable_onednn_opts": ONEDNN_ENV,
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "repeats": repeats,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {output}")
 
 

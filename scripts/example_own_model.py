@@ -17,10 +17,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-import lplr_tf  # noqa: E402
-from lplr_tf import data, plots, report  # noqa: E402
+import lplr_tf
+from lplr_tf import data, plots, report
 
 
 def build_cnn(input_shape, filters, width, seed):
@@ -29,10 +29,17 @@ def build_cnn(input_shape, filters, width, seed):
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
-                                kernel_initializer=init(seed=seed)),
-            keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu",
-                                kernel_initializer=init(seed=seed + 1)),
+            keras.layers.Conv2D(
+                filters, 3, padding="same", activation="relu", kernel_initializer=init(seed=seed)
+            ),
+            keras.layers.Conv2D(
+                filters,
+                3,
+                strides=2,
+                padding="same",
+                activation="relu",
+                kernel_initializer=init(seed=seed + 1),
+            ),
             keras.layers.Flatten(),
             keras.layers.Dense(width, activation="relu", kernel_initializer=init(seed=seed + 2)),
             keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotNormal(seed + 3)),
@@ -47,16 +54,25 @@ def _fmt(value, digits=4):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output_dir", default="/tmp/lplr_own_model",
-                        help="Where metrics.jsonl, summary.json, tb/ and plots/ go.")
+    parser.add_argument(
+        "--output_dir",
+        default="/tmp/lplr_own_model",
+        help="Where metrics.jsonl, summary.json, tb/ and plots/ go.",
+    )
     parser.add_argument("--smoke", action="store_true", help="A tiny, fast run (for tests).")
     parser.add_argument("--n", type=int, default=None, help="Training examples (default 128).")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="GD steps (one full batch per epoch; default 300).")
-    parser.add_argument("--learning_rate", type=float, default=0.008,
-                        help="SGD learning rate on Keras' 'mse' (= a GD step 2x this on L).")
-    parser.add_argument("--every_n_steps", type=int, default=None,
-                        help="Steps between measurements (default 10).")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="GD steps (one full batch per epoch; default 300)."
+    )
+    parser.add_argument(
+        "--learning_rate",
+        type=float,
+        default=0.008,
+        help="SGD learning rate on Keras' 'mse' (= a GD step 2x this on L).",
+    )
+    parser.add_argument(
+        "--every_n_steps", type=int, default=None, help="Steps between measurements (default 10)."
+    )
     return parser.parse_args(argv)
 
 
@@ -83,26 +99,42 @@ def main(argv=None):
         logdir=os.path.join(args.output_dir, "tb"),
         metrics_path=os.path.join(args.output_dir, "metrics.jsonl"),
     )
-    model.fit(digits.x, digits.y, batch_size=digits.n, epochs=epochs, shuffle=False,
-              verbose=0, callbacks=[callback])
+    model.fit(
+        digits.x,
+        digits.y,
+        batch_size=digits.n,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[callback],
+    )
 
     summary = callback.summary()
     report.write_summary(args.output_dir, summary)
     plot_path = os.path.join(args.output_dir, "plots", "convergence.png")
-    plots.plot_convergence(callback.history, summary, plot_path,
-                           title=f"{model.name} on {digits.name}")
+    plots.plot_convergence(
+        callback.history, summary, plot_path, title=f"{model.name} on {digits.name}"
+    )
 
     fit, ntk, bound = summary["fit"], summary["ntk"], summary["bound"]
     print(f"model {model.name}: {model.count_params()} parameters; data {digits.name}, n = {n}")
-    print(f"η on L = {summary['settings']['learning_rate']:g} "
-          f"({summary['callback']['learning_rate_source']})")
-    print(f"status: {summary['status']} after {summary['steps']} steps; "
-          f"loss {_fmt(summary['initial_loss'])} → {_fmt(summary['final_loss'])}")
-    print(f"fitted rate ρ̂ = {_fmt(fit['rate'], 6)} (R² = {_fmt(fit['r2'])}); "
-          f"bound ρ_bound = {_fmt(bound['rate_bound'], 6)} (holds: {bound['holds']})")
-    print(f"λ_min(K_0) = {_fmt(ntk['lambda_min_init'])}, min_t λ_min(K_t) = "
-          f"{_fmt(ntk['lambda_min_min'])}, final kernel drift = {_fmt(ntk['kernel_drift_final'])}, "
-          f"min PL ratio = {_fmt(summary['pl_ratio']['min'])}")
+    print(
+        f"η on L = {summary['settings']['learning_rate']:g} "
+        f"({summary['callback']['learning_rate_source']})"
+    )
+    print(
+        f"status: {summary['status']} after {summary['steps']} steps; "
+        f"loss {_fmt(summary['initial_loss'])} → {_fmt(summary['final_loss'])}"
+    )
+    print(
+        f"fitted rate ρ̂ = {_fmt(fit['rate'], 6)} (R² = {_fmt(fit['r2'])}); "
+        f"bound ρ_bound = {_fmt(bound['rate_bound'], 6)} (holds: {bound['holds']})"
+    )
+    print(
+        f"λ_min(K_0) = {_fmt(ntk['lambda_min_init'])}, min_t λ_min(K_t) = "
+        f"{_fmt(ntk['lambda_min_min'])}, final kernel drift = {_fmt(ntk['kernel_drift_final'])}, "
+        f"min PL ratio = {_fmt(summary['pl_ratio']['min'])}"
+    )
     if summary["caveat"]:
         print(f"caveat: {summary['caveat']}")
     print(f"verdict: {summary['verdict']}")

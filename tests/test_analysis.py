@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lplr_tf import analysis, verdict
+from lplr_tf.ntk import linearized_loss_curve
 
 
 def geometric_rows(rate=0.99, steps=200, every=10, initial=1.0, **extra):
@@ -102,9 +103,13 @@ def test_pl_ratio_statistics_against_numpy():
     assert summary["pl_ratio"]["min"] == pytest.approx(kept.min())
     assert summary["pl_ratio"]["median"] == pytest.approx(np.median(kept))
     start, end = summary["fit"]["window"]
-    envelope = min(v for row, v in zip(rows, values)
-                   if start <= row["step"] <= end and isinstance(row["pl_ratio"], float)
-                   and math.isfinite(row["pl_ratio"]))
+    envelope = min(
+        v
+        for row, v in zip(rows, values)
+        if start <= row["step"] <= end
+        and isinstance(row["pl_ratio"], float)
+        and math.isfinite(row["pl_ratio"])
+    )
     assert summary["pl_ratio"]["lower_envelope"] == pytest.approx(envelope)
 
 
@@ -117,18 +122,21 @@ def test_drift_fields():
     assert summary["drift"] == {"final": 0.6, "max": 0.7, "relative_final": pytest.approx(0.06)}
 
 
-def probe_rows(rate, lambda_min, steps=100, every=10, drift_step=0.01, op_step=0.0,
-               kernel_drift=0.01):
+def probe_rows(
+    rate, lambda_min, steps=100, every=10, drift_step=0.01, op_step=0.0, kernel_drift=0.01
+):
     """Geometric rows with NTK probes at every logged step."""
     rows = geometric_rows(rate=rate, steps=steps, every=every)
     for index, row in enumerate(rows):
-        row.update({
-            "drift": drift_step * index,
-            "ntk_lambda_min": lambda_min,
-            "ntk_lambda_max": 10 * lambda_min,
-            "kernel_drift": kernel_drift * index,
-            "kernel_drift_op": op_step * index,
-        })
+        row.update(
+            {
+                "drift": drift_step * index,
+                "ntk_lambda_min": lambda_min,
+                "ntk_lambda_max": 10 * lambda_min,
+                "kernel_drift": kernel_drift * index,
+                "kernel_drift_op": op_step * index,
+            }
+        )
     return rows
 
 
@@ -175,9 +183,12 @@ def test_certificate_numbers_by_hand():
     assert cert["mu_cert"] == pytest.approx(0.2 - 1.5 * 0.3)
     assert cert["certified"] is False
     assert cert["in_local_regime"] is True
-    assert summary["ntk"] == {"lambda_min_init": 0.2, "lambda_min_min": 0.15,
-                              "lambda_max_max": pytest.approx(2.0),
-                              "kernel_drift_final": pytest.approx(0.03)}
+    assert summary["ntk"] == {
+        "lambda_min_init": 0.2,
+        "lambda_min_min": 0.15,
+        "lambda_max_max": pytest.approx(2.0),
+        "kernel_drift_final": pytest.approx(0.03),
+    }
 
 
 def test_leaving_local_regime_on_kernel_drift():
@@ -232,9 +243,15 @@ def test_minimal_rows_are_none_safe():
     assert summary["certificate"]["in_local_regime"] is None
     assert summary["linearized"]["departure_step"] is None
     assert summary["verdict"].startswith("Local regime not measured")
-    assert summary["settings"] == {"learning_rate": 0.1, "l_star": 0.0, "tolerance": 1e-6,
-                                   "loss_bound": None, "window": None,
-                                   "kernel_drift_bound": 0.5, "num_steps": None}
+    assert summary["settings"] == {
+        "learning_rate": 0.1,
+        "l_star": 0.0,
+        "tolerance": 1e-6,
+        "loss_bound": None,
+        "window": None,
+        "kernel_drift_bound": 0.5,
+        "num_steps": None,
+    }
 
 
 def test_rows_without_loss_key_and_bad_input():
@@ -266,11 +283,11 @@ def test_linearized_loss_curve_against_matrix_powers():
     for t in steps:
         r_t = np.linalg.matrix_power(np.eye(m) - eta * kernel0, t) @ residual0
         expected.append(r_t @ r_t / (2 * n))
-    curve = analysis.linearized_loss_curve(kernel0, residual0, eta, steps, n)
+    curve = linearized_loss_curve(kernel0, residual0, eta, steps, n)
     np.testing.assert_allclose(curve, expected, rtol=1e-10)
     assert curve[0] == pytest.approx(residual0 @ residual0 / (2 * n))
     with pytest.raises(ValueError, match="kernel0 shape"):
-        analysis.linearized_loss_curve(kernel0, residual0[:-1], eta, steps, n)
+        linearized_loss_curve(kernel0, residual0[:-1], eta, steps, n)
 
 
 def test_divergence_bound_default_and_explicit():
@@ -288,5 +305,5 @@ def test_format_rate_is_readable_near_one():
 
 
 def test_linearized_loss_curve_overflow_is_inf():
-    curve = analysis.linearized_loss_curve(np.eye(2) * 10.0, np.ones(2), 1.0, [0, 1000], 1)
+    curve = linearized_loss_curve(np.eye(2) * 10.0, np.ones(2), 1.0, [0, 1000], 1)
     assert curve[0] == pytest.approx(1.0) and curve[1] == np.inf

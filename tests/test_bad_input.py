@@ -15,14 +15,27 @@ from lplr_tf.models.fc import build_model
     [
         (["fc.build_model.width = 'wide'"], r"fc.build_model.width = 'wide'; expected an integer"),
         (["protocol.gd.log_every = 0"], r"protocol.gd.log_every = 0; expected an integer >= 1"),
-        (["experiment.run.protocol = @protocol.sgd", "protocol.sgd.batch_size = 500",
-          "data.digits.n = 64"], r"protocol.sgd.batch_size = 500; expected 1 <= batch_size <= n = 64"),
-        (["experiment.run.dataset = @data.mnist", "data.mnist.data_dir = '/nonexistent/tfds'"],
-         r"(?s)mnist.*/nonexistent/tfds.*download_and_prepare"),
-        (["experiment.run.checkpoint_every = 15"], r"checkpoint_every = 15; expected a positive multiple"),
+        (
+            [
+                "experiment.run.protocol = @protocol.sgd",
+                "protocol.sgd.batch_size = 500",
+                "data.digits.n = 64",
+            ],
+            r"protocol.sgd.batch_size = 500; expected 1 <= batch_size <= n = 64",
+        ),
+        (
+            ["experiment.run.dataset = @data.mnist", "data.mnist.data_dir = '/nonexistent/tfds'"],
+            r"(?s)mnist.*/nonexistent/tfds.*download_and_prepare",
+        ),
+        (
+            ["experiment.run.checkpoint_every = 15"],
+            r"checkpoint_every = 15; expected a positive multiple",
+        ),
     ],
 )
-def test_bad_settings_fail_with_one_message_and_leave_nothing_to_resume(bindings, message, tmp_path):
+def test_bad_settings_fail_with_one_message_and_leave_nothing_to_resume(
+    bindings, message, tmp_path
+):
     with pytest.raises(ValueError, match=message):
         train.launch(["digits_fc_gd.gin"], bindings, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
@@ -40,7 +53,9 @@ def test_unwritable_workdir_is_named(tmp_path):
 
 
 def test_model_output_that_does_not_match_the_targets_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"model's output dimension is 3 but the data .* dimension 1"):
+    with pytest.raises(
+        ValueError, match=r"model's output dimension is 3 but the data .* dimension 1"
+    ):
         experiment.run(
             str(tmp_path),
             dataset=lambda: digits(n=16),
@@ -50,8 +65,15 @@ def test_model_output_that_does_not_match_the_targets_is_named(tmp_path):
 
 
 def test_huge_step_ends_diverged_with_summary_plots_and_exit_code_3(tmp_path):
-    flags.FLAGS(["lplr-train", "--gin_file=digits_fc_gd.gin", "--gin_file=smoke.gin",
-                 f"--workdir={tmp_path}", "--gin_bindings=protocol.gd.learning_rate = 1000.0"])
+    flags.FLAGS(
+        [
+            "lplr-train",
+            "--gin_file=digits_fc_gd.gin",
+            "--gin_file=smoke.gin",
+            f"--workdir={tmp_path}",
+            "--gin_bindings=protocol.gd.learning_rate = 1000.0",
+        ]
+    )
     try:
         assert train.main(["lplr-train"]) == train.EXIT_DIVERGED
     finally:

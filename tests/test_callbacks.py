@@ -24,18 +24,27 @@ def _dataset(num_examples=10, input_dim=4, output_dim=1, seed=0):
 
 
 def _launcher_model(input_shape, output_dim):
-    return build_model(input_shape, output_dim, width=WIDTH, depth=1, activation="tanh",
-                       parameterization="standard", seed=3)
+    return build_model(
+        input_shape,
+        output_dim,
+        width=WIDTH,
+        depth=1,
+        activation="tanh",
+        parameterization="standard",
+        seed=3,
+    )
 
 
 def _sequential(input_dim, output_dim, dtype=None):
     """The launcher's architecture as a user-written Sequential with the same initial weights."""
-    model = keras.Sequential([
-        keras.Input((input_dim,)),
-        keras.layers.Dense(WIDTH, dtype=dtype),
-        keras.layers.Activation("tanh", dtype=dtype),
-        keras.layers.Dense(output_dim, dtype=dtype),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((input_dim,)),
+            keras.layers.Dense(WIDTH, dtype=dtype),
+            keras.layers.Activation("tanh", dtype=dtype),
+            keras.layers.Dense(output_dim, dtype=dtype),
+        ]
+    )
     model.set_weights(_launcher_model((input_dim,), output_dim).get_weights())
     return model
 
@@ -63,8 +72,9 @@ def test_callback_matches_launcher_gd(tmp_path, loss):
         str(tmp_path / "launcher"),
         dataset=lambda: dataset,
         model=_launcher_model,
-        protocol=lambda: protocols.gd(learning_rate=LEARNING_RATE, num_steps=NUM_STEPS,
-                                      log_every=LOG_EVERY),
+        protocol=lambda: protocols.gd(
+            learning_rate=LEARNING_RATE, num_steps=NUM_STEPS, log_every=LOG_EVERY
+        ),
         measure_sharpness=True,
     )
     with open(tmp_path / "launcher" / "metrics.jsonl", encoding="utf-8") as file:
@@ -77,12 +87,22 @@ def test_callback_matches_launcher_gd(tmp_path, loss):
         model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE / 2), loss="mse")
     else:
         model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=HalfSquaredError())
-    callback = lplr_tf.LPLRCallback((dataset.x, dataset.y), every_n_steps=LOG_EVERY,
-                                    measure_sharpness=True,
-                                    metrics_path=str(tmp_path / "cb" / "metrics.jsonl"),
-                                    logdir=str(tmp_path / "cb" / "tb"))
-    model.fit(dataset.x, dataset.y, batch_size=dataset.n, epochs=NUM_STEPS, shuffle=False,
-              verbose=0, callbacks=[callback])
+    callback = lplr_tf.LPLRCallback(
+        (dataset.x, dataset.y),
+        every_n_steps=LOG_EVERY,
+        measure_sharpness=True,
+        metrics_path=str(tmp_path / "cb" / "metrics.jsonl"),
+        logdir=str(tmp_path / "cb" / "tb"),
+    )
+    model.fit(
+        dataset.x,
+        dataset.y,
+        batch_size=dataset.n,
+        epochs=NUM_STEPS,
+        shuffle=False,
+        verbose=0,
+        callbacks=[callback],
+    )
 
     assert [r["step"] for r in callback.history] == [r["step"] for r in launcher_rows]
     assert [r["step"] for r in launcher_rows] == list(range(0, NUM_STEPS + 1, LOG_EVERY))
@@ -93,8 +113,9 @@ def test_callback_matches_launcher_gd(tmp_path, loss):
             expected = theirs[key]
             if isinstance(expected, float):
                 tol = 1e-3 if key == "sharpness" else 2e-4
-                np.testing.assert_allclose(ours[key], expected, rtol=tol, atol=1e-6,
-                                           err_msg=f"step {theirs['step']} {key}")
+                np.testing.assert_allclose(
+                    ours[key], expected, rtol=tol, atol=1e-6, err_msg=f"step {theirs['step']} {key}"
+                )
             else:
                 assert ours[key] == expected, key
     with open(tmp_path / "cb" / "metrics.jsonl", encoding="utf-8") as file:
@@ -115,13 +136,15 @@ def test_callback_with_adam_and_cross_entropy_reports_with_caveat(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((12, 5)).astype(np.float32)
     labels = rng.integers(0, 3, size=12)
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(32, activation="tanh"),
-                              keras.layers.Dense(3)])
-    model.compile(optimizer=keras.optimizers.Adam(0.01),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(32, activation="tanh"), keras.layers.Dense(3)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     callback = lplr_tf.LPLRCallback((x, labels), every_n_steps=2, logdir=str(tmp_path / "tb"))
-    model.fit(x, labels, batch_size=4, epochs=2, shuffle=False, verbose=0,
-              callbacks=[callback])
+    model.fit(x, labels, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
 
     assert [r["step"] for r in callback.history] == [0, 2, 4, 6]
     for row in callback.history:
@@ -153,8 +176,7 @@ def test_callback_mixed_precision_measures_in_float32():
         if name == "mixed":
             assert callback.summary()["callback"]["measured_on"].startswith("float32 copy")
     for key in ("loss", "grad_norm_sq", "ntk_lambda_min", "ntk_lambda_max", "ntk_trace"):
-        np.testing.assert_allclose(rows["mixed"][key], rows["float32"][key], rtol=1e-5,
-                                   err_msg=key)
+        np.testing.assert_allclose(rows["mixed"][key], rows["float32"][key], rtol=1e-5, err_msg=key)
 
 
 def test_callback_rejects_bad_arguments():
@@ -218,11 +240,16 @@ def test_callback_under_mirrored_strategy_matches_single_device():
     import subprocess
     import sys
 
-    completed = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True,
-                               text=True, timeout=240, check=False)
+    completed = subprocess.run(
+        [sys.executable, "-c", _MIRRORED_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    line = next(l for l in completed.stdout.splitlines() if l.startswith("RESULT"))
-    result = json.loads(line[len("RESULT"):])
+    line = next(x for x in completed.stdout.splitlines() if x.startswith("RESULT"))
+    result = json.loads(line[len("RESULT") :])
     single = result.pop("single")
     assert single["variable"] == "ResourceVariable"
     for name, mirrored in result.items():
@@ -235,8 +262,13 @@ def test_callback_under_mirrored_strategy_matches_single_device():
                 if not isinstance(expected, float):
                     assert ours[key] == expected, (name, key)
                 else:
-                    np.testing.assert_allclose(ours[key], expected, rtol=1e-4, atol=1e-6,
-                                               err_msg=f"{name} step {theirs['step']} {key}")
+                    np.testing.assert_allclose(
+                        ours[key],
+                        expected,
+                        rtol=1e-4,
+                        atol=1e-6,
+                        err_msg=f"{name} step {theirs['step']} {key}",
+                    )
         _assert_close(mirrored["diagnose"], single["diagnose"], name, rtol=1e-4)
         summary = {k: v for k, v in single["summary"].items() if k != "verdict"}
         _assert_close(mirrored["summary"], summary, name, rtol=1e-3)

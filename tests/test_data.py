@@ -174,10 +174,13 @@ def prepared_mnist(tmp_path_factory):
         (root / f"{split}_data").write_bytes(b"\0" * 16 + images.tobytes())
         (root / f"{split}_labels").write_bytes(b"\0" * 8 + labels.tobytes())
     data_dir = str(root / "tfds")
-    with mock.patch.object(tfds_mnist, "_TRAIN_EXAMPLES", 40), \
-            mock.patch.object(tfds_mnist, "_TEST_EXAMPLES", 20), \
-            mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
-                              lambda self, urls: files):
+    with (
+        mock.patch.object(tfds_mnist, "_TRAIN_EXAMPLES", 40),
+        mock.patch.object(tfds_mnist, "_TEST_EXAMPLES", 20),
+        mock.patch.object(
+            tfds.download.DownloadManager, "download_and_extract", lambda self, urls: files
+        ),
+    ):
         tfds.builder("mnist", data_dir=data_dir).download_and_prepare()
     return data_dir
 
@@ -216,26 +219,38 @@ def test_missing_tfds_data_fails_fast_with_instructions(tmp_path, loader):
 # -------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    (dict(classes=(0, 12)), r"unknown class ids \[12\] in classes=\(0, 12\); expected .*0\.\.9"),
-    (dict(classes=(3, 3)), r"duplicate classes in classes=\(3, 3\)"),
-    (dict(classes=(3,)), r"classes=\(3,\), fewer than 2 classes"),
-    (dict(classes=3), r"classes must be a sequence .* got 3"),
-    (dict(n=0), r"data.digits.n = 0; expected an integer >= 1"),
-    (dict(n=400, classes=(0, 1)), r"n=400 but only 360 examples of classes \(0, 1\) are "
-                                  r"available; pass n <= 360"),
-    (dict(targets="pm2"), r"targets='pm2' is not valid; expected one of auto, pm1, one_hot"),
-    (dict(classes=(0, 1, 2), targets="pm1"), r"targets='pm1' needs exactly 2 classes"),
-    (dict(seed=-1), r"data.digits.seed = -1; expected an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (
+            dict(classes=(0, 12)),
+            r"unknown class ids \[12\] in classes=\(0, 12\); expected .*0\.\.9",
+        ),
+        (dict(classes=(3, 3)), r"duplicate classes in classes=\(3, 3\)"),
+        (dict(classes=(3,)), r"classes=\(3,\), fewer than 2 classes"),
+        (dict(classes=3), r"classes must be a sequence .* got 3"),
+        (dict(n=0), r"data.digits.n = 0; expected an integer >= 1"),
+        (
+            dict(n=400, classes=(0, 1)),
+            r"n=400 but only 360 examples of classes \(0, 1\) are "
+            r"available; pass n <= 360",
+        ),
+        (dict(targets="pm2"), r"targets='pm2' is not valid; expected one of auto, pm1, one_hot"),
+        (dict(classes=(0, 1, 2), targets="pm1"), r"targets='pm1' needs exactly 2 classes"),
+        (dict(seed=-1), r"data.digits.seed = -1; expected an integer >= 0"),
+    ],
+)
 def test_digits_validation_errors(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         data.digits(**kwargs)
 
 
 def test_tfds_loader_validation_before_touching_data(tmp_path):
-    with pytest.raises(ValueError, match=r"split='validation' is not valid; expected one of "
-                                         r"train, test"):
+    with pytest.raises(
+        ValueError,
+        match=r"split='validation' is not valid; expected one of "
+        r"train, test",
+    ):
         data.mnist(split="validation", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"cifar10: unknown class ids \[10\]"):
         data.cifar10(classes=(0, 10), data_dir=str(tmp_path))
@@ -245,8 +260,11 @@ def test_tfds_loader_validation_before_touching_data(tmp_path):
 
 def test_load_dataset_unknown_name_lists_valid_names():
     assert data.available_datasets() == ("digits", "teacher_student", "mnist", "cifar10")
-    with pytest.raises(ValueError, match=r"Unknown dataset name 'digitz'; expected one of: "
-                                         r"digits, teacher_student, mnist, cifar10"):
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown dataset name 'digitz'; expected one of: "
+        r"digits, teacher_student, mnist, cifar10",
+    ):
         data.load_dataset("digitz")
     ds = data.load_dataset("teacher_student", n=5, input_dim=3)
     assert ds.x.shape == (5, 3)
@@ -286,5 +304,3 @@ def test_batch_pipeline_epochs_cover_once_reshuffle_and_are_seeded():
     np.testing.assert_array_equal(_epoch(replay)[1], second)
     other = data.batch_pipeline(ds, batch_size=4, seed=6)
     assert not np.array_equal(_epoch(other)[1], first)
-
-

@@ -8,11 +8,16 @@ import lplr_tf
 
 
 def _linear(input_dim, output_dim, seed=0):
-    model = keras.Sequential([
-        keras.Input((input_dim,)),
-        keras.layers.Dense(output_dim, kernel_initializer=keras.initializers.RandomNormal(
-            seed=seed), bias_initializer=keras.initializers.RandomNormal(seed=seed + 1)),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((input_dim,)),
+            keras.layers.Dense(
+                output_dim,
+                kernel_initializer=keras.initializers.RandomNormal(seed=seed),
+                bias_initializer=keras.initializers.RandomNormal(seed=seed + 1),
+            ),
+        ]
+    )
     return model
 
 
@@ -46,8 +51,7 @@ def test_diagnose_matches_linear_closed_forms():
     np.testing.assert_allclose(result["ntk_lambda_min"], eigenvalues[0], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(result["ntk_lambda_max"], eigenvalues[-1], rtol=1e-5)
     np.testing.assert_allclose(result["ntk_trace"], eigenvalues.sum(), rtol=1e-5)
-    np.testing.assert_allclose(result["ntk_condition"], eigenvalues[-1] / eigenvalues[0],
-                               rtol=1e-3)
+    np.testing.assert_allclose(result["ntk_condition"], eigenvalues[-1] / eigenvalues[0], rtol=1e-3)
     np.testing.assert_allclose(result["sharpness"], hessian_top, rtol=1e-4)
     # q is a Rayleigh quotient of K (L* = 0).
     assert result["ntk_lambda_min"] <= result["pl_ratio"] <= result["ntk_lambda_max"]
@@ -68,8 +72,9 @@ def test_diagnose_trace_mode_targets_and_options():
     classifier = _linear(3, 4)
     labels = np.array([0, 3, 1, 2, 2, 0])
     by_id = lplr_tf.diagnose(classifier, x, labels, measure_sharpness=False)
-    one_hot = lplr_tf.diagnose(classifier, x, np.eye(4, dtype=np.float32)[labels],
-                               measure_sharpness=False)
+    one_hot = lplr_tf.diagnose(
+        classifier, x, np.eye(4, dtype=np.float32)[labels], measure_sharpness=False
+    )
     np.testing.assert_allclose(by_id["loss"], one_hot["loss"], rtol=1e-6)
 
     with pytest.raises(ValueError, match=r"expected \(n, O\) = \(6, 4\)"):

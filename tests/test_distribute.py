@@ -28,8 +28,16 @@ BINDINGS = [
     "protocol.gd.learning_rate = 1.0",
     "experiment.run.stop_on_convergence = False",
 ]
-COMPARED = ("loss", "grad_norm_sq", "pl_ratio", "drift", "ntk_lambda_min", "ntk_lambda_max",
-            "kernel_drift", "sharpness")
+COMPARED = (
+    "loss",
+    "grad_norm_sq",
+    "pl_ratio",
+    "drift",
+    "ntk_lambda_min",
+    "ntk_lambda_max",
+    "kernel_drift",
+    "sharpness",
+)
 
 RUN_SCRIPT = textwrap.dedent("""
     import os, sys
@@ -49,7 +57,9 @@ RUN_SCRIPT = textwrap.dedent("""
 def _run_script(workdir, bindings, env=None, wait=True):
     process = subprocess.Popen(
         [sys.executable, "-c", RUN_SCRIPT, str(workdir), *bindings],
-        env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=dict(os.environ, **(env or {})),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     if not wait:
@@ -67,7 +77,9 @@ def _assert_same_metrics(rows, expected_rows):
                 assert row.get(key) is None, (row["step"], key)
             else:
                 assert row[key] == pytest.approx(expected[key], rel=2e-4, abs=1e-7), (
-                    row["step"], key)
+                    row["step"],
+                    key,
+                )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +90,11 @@ def single_device(tmp_path_factory):
 
 
 def test_mirrored_over_two_cpus_equals_single_device(tmp_path, single_device):
-    _run_script(tmp_path, BINDINGS + [
-        "distribute.strategy = 'mirrored'", "distribute.devices = ['/cpu:0', '/cpu:1']"])
+    _run_script(
+        tmp_path,
+        BINDINGS
+        + ["distribute.strategy = 'mirrored'", "distribute.devices = ['/cpu:0', '/cpu:1']"],
+    )
     _assert_same_metrics(report.read_metrics(tmp_path), single_device)
 
 
@@ -98,9 +113,14 @@ def test_multi_worker_over_two_processes_equals_single_device(tmp_path, single_d
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(_run_script(
-            tmp_path, BINDINGS + ["distribute.strategy = 'multi_worker'"],
-            env={"TF_CONFIG": json.dumps(tf_config)}, wait=False))
+        processes.append(
+            _run_script(
+                tmp_path,
+                BINDINGS + ["distribute.strategy = 'multi_worker'"],
+                env={"TF_CONFIG": json.dumps(tf_config)},
+                wait=False,
+            )
+        )
     try:
         for process in processes:
             output, _ = process.communicate(timeout=600)
@@ -114,17 +134,31 @@ def test_multi_worker_over_two_processes_equals_single_device(tmp_path, single_d
 
 
 def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
-    bindings = BINDINGS[:3] + ["protocol.gd.num_steps = 3000", "protocol.gd.log_every = 5",
-                               "protocol.gd.probe_every = 1000", "protocol.gd.learning_rate = 1.0",
-                               "experiment.run.stop_on_convergence = False",
-                               "experiment.run.checkpoint_every = 1000",
-                               "distribute.strategy = 'multi_worker'"]
+    bindings = BINDINGS[:3] + [
+        "protocol.gd.num_steps = 3000",
+        "protocol.gd.log_every = 5",
+        "protocol.gd.probe_every = 1000",
+        "protocol.gd.learning_rate = 1.0",
+        "experiment.run.stop_on_convergence = False",
+        "experiment.run.checkpoint_every = 1000",
+        "distribute.strategy = 'multi_worker'",
+    ]
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
 
     def start():
-        return [_run_script(tmp_path, bindings, wait=False, env={"TF_CONFIG": json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})})
-            for index in range(2)]
+        return [
+            _run_script(
+                tmp_path,
+                bindings,
+                wait=False,
+                env={
+                    "TF_CONFIG": json.dumps(
+                        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+                    )
+                },
+            )
+            for index in range(2)
+        ]
 
     processes = start()
     try:
@@ -135,10 +169,11 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
             time.sleep(0.2)
         processes[1].send_signal(signal.SIGTERM)  # preempt the non-chief worker only
         outputs = [process.communicate(timeout=300)[0] for process in processes]
-        assert [p.returncode for p in processes] == [train.EXIT_PREEMPTED] * 2, \
-            outputs[0][-2000:]
-        steps = [_latest_checkpoint_step(tmp_path), _latest_checkpoint_step(
-            tmp_path / "workers" / "worker_1")]
+        assert [p.returncode for p in processes] == [train.EXIT_PREEMPTED] * 2, outputs[0][-2000:]
+        steps = [
+            _latest_checkpoint_step(tmp_path),
+            _latest_checkpoint_step(tmp_path / "workers" / "worker_1"),
+        ]
         assert steps[0] == steps[1] and 0 < steps[0] < 3000, steps
         processes = start()
         for process in processes:
@@ -162,11 +197,18 @@ def test_tpu_settings_fail_clearly():
     with pytest.raises(ValueError, match="needs distribute.tpu"):
         make_strategy("tpu")
     # Connecting to a TPU changes the process's TF context: probe it in a fresh process.
-    code = ("from lplr_tf.distribute import make_strategy\n"
-            "try:\n    make_strategy('tpu', tpu='local')\n"
-            "except ValueError as error:\n    print('MESSAGE', error)\n")
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")).stdout
+    code = (
+        "from lplr_tf.distribute import make_strategy\n"
+        "try:\n    make_strategy('tpu', tpu='local')\n"
+        "except ValueError as error:\n    print('MESSAGE', error)\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+    ).stdout
     assert "MESSAGE No TPU reachable at distribute.tpu = 'local'" in output
     assert "On a TPU VM use distribute.tpu = 'local'" in output
 

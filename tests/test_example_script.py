@@ -12,7 +12,10 @@ def test_example_own_model_smoke(tmp_path):
     output_dir = tmp_path / "own_model"
     completed = subprocess.run(
         [sys.executable, SCRIPT, "--smoke", "--output_dir", str(output_dir)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert completed.returncode == 0, completed.stderr[-4000:]

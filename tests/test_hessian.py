@@ -18,8 +18,9 @@ def linear_problem(dtype="float32", n=12, d=3, outputs=2, seed=0):
     x = rng.standard_normal((n, d)).astype(dtype)
     y = rng.standard_normal((n, outputs)).astype(dtype)
     keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((d,), dtype=dtype),
-                              keras.layers.Dense(outputs, dtype=dtype)])
+    model = keras.Sequential(
+        [keras.Input((d,), dtype=dtype), keras.layers.Dense(outputs, dtype=dtype)]
+    )
     augmented = np.concatenate([x.astype(np.float64), np.ones((n, 1))], axis=1)
     exact = np.kron(augmented.T @ augmented / n, np.eye(outputs))
     return model, x, y, exact
@@ -42,8 +43,9 @@ def test_hessian_vector_product_matches_closed_form(dtype, rtol):
     for _ in range(3):
         vector = rng.standard_normal(exact.shape[0])
         product = hessian.hessian_vector_product(model, x, y, vector)
-        np.testing.assert_allclose(product, exact @ vector, rtol=rtol,
-                                   atol=rtol * np.abs(exact @ vector).max())
+        np.testing.assert_allclose(
+            product, exact @ vector, rtol=rtol, atol=rtol * np.abs(exact @ vector).max()
+        )
 
 
 def test_sharpness_is_top_eigenvalue_and_does_not_retrace():
@@ -64,9 +66,13 @@ def test_nonlinear_model_hvp_is_symmetric_and_matches_finite_differences():
     x = rng.standard_normal((8, 3))
     y = rng.standard_normal((8, 1))
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((3,), dtype="float64"),
-                              keras.layers.Dense(4, activation="tanh", dtype="float64"),
-                              keras.layers.Dense(1, dtype="float64")])
+    model = keras.Sequential(
+        [
+            keras.Input((3,), dtype="float64"),
+            keras.layers.Dense(4, activation="tanh", dtype="float64"),
+            keras.layers.Dense(1, dtype="float64"),
+        ]
+    )
     dim = hessian.flatten(model.trainable_variables).shape[0]
     basis = np.eye(dim)
     matrix = np.stack([hessian.hessian_vector_product(model, x, y, e) for e in basis])
@@ -76,18 +82,20 @@ def test_nonlinear_model_hvp_is_symmetric_and_matches_finite_differences():
     theta = hessian.flatten(model.trainable_variables)
 
     def gradient_at(params):
-        for variable, value in zip(model.trainable_variables,
-                                   hessian.unflatten(params, [v.shape for v in
-                                                              model.trainable_variables])):
+        for variable, value in zip(
+            model.trainable_variables,
+            hessian.unflatten(params, [v.shape for v in model.trainable_variables]),
+        ):
             variable.assign(value)
         with tf.GradientTape() as tape:
             loss = 0.5 * tf.reduce_sum((model(x) - y) ** 2) / 8
         return hessian.flatten(tape.gradient(loss, model.trainable_variables))
 
     step = 1e-6
-    finite = (gradient_at(theta + step * direction) - gradient_at(theta - step * direction))
+    finite = gradient_at(theta + step * direction) - gradient_at(theta - step * direction)
     finite /= 2 * step
     gradient_at(theta)
     np.testing.assert_allclose(matrix @ direction, finite, rtol=1e-5, atol=1e-7)
     assert hessian.sharpness(model, x, y, num_iterations=dim) == pytest.approx(
-        np.linalg.eigvalsh(matrix).max(), rel=1e-8)
+        np.linalg.eigvalsh(matrix).max(), rel=1e-8
+    )

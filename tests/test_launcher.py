@@ -8,7 +8,16 @@ import pytest
 from lplr_tf import train
 
 METRIC_KEYS = {"step", "loss", "grad_norm_sq", "pl_ratio", "drift", "relative_drift", "wall_time"}
-SUMMARY_KEYS = {"status", "steps", "initial_loss", "final_loss", "l_star", "fit", "pl_ratio", "drift"}
+SUMMARY_KEYS = {
+    "status",
+    "steps",
+    "initial_loss",
+    "final_loss",
+    "l_star",
+    "fit",
+    "pl_ratio",
+    "drift",
+}
 CONFIGS = sorted(
     name
     for name in os.listdir(train.shipped_configs_dir())
@@ -27,7 +36,9 @@ def test_smoke_run_writes_every_file(tmp_path):
     for name in ("config.gin", "operative_config.gin", "metrics.jsonl", "summary.json"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     assert os.path.getsize(os.path.join(workdir, "plots", "convergence.png")) > 0
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb")))
+    assert any(
+        name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb"))
+    )
     rows = _rows(workdir)
     assert [row["step"] for row in rows] == [0, 4, 8, 12]
     for row in rows:
@@ -69,8 +80,16 @@ def test_config_found_by_path_and_by_name(tmp_path):
 @pytest.mark.parametrize(
     "files, bindings, message",
     [
-        (["digits_fc_gd.gin"], ["fc.build_modl.width = 3"], "No configurable matching 'fc.build_modl'"),
-        (["digits_fc_gd.gin"], ["fc.build_model.widht = 3"], "doesn't have a parameter named 'widht'"),
+        (
+            ["digits_fc_gd.gin"],
+            ["fc.build_modl.width = 3"],
+            "No configurable matching 'fc.build_modl'",
+        ),
+        (
+            ["digits_fc_gd.gin"],
+            ["fc.build_model.widht = 3"],
+            "doesn't have a parameter named 'widht'",
+        ),
         (["digits_fc_gd.gin"], ["experiment.run.dataset = @data.digitz"], "data.digitz"),
         (["no_such_config.gin"], [], "--gin_file=no_such_config.gin: no such file"),
     ],
@@ -88,8 +107,14 @@ def test_n_larger_than_the_dataset_is_named(tmp_path):
 def test_main_returns_config_error_exit_code(tmp_path):
     from absl import flags
 
-    flags.FLAGS(["lplr-train", "--gin_file=digits_fc_gd.gin", f"--workdir={tmp_path}",
-                 "--gin_bindings=fc.build_model.width = 'wide'"])
+    flags.FLAGS(
+        [
+            "lplr-train",
+            "--gin_file=digits_fc_gd.gin",
+            f"--workdir={tmp_path}",
+            "--gin_bindings=fc.build_model.width = 'wide'",
+        ]
+    )
     try:
         assert train.main(["lplr-train"]) == train.EXIT_CONFIG_ERROR
     finally:

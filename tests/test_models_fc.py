@@ -35,7 +35,10 @@ def test_ntk_output_variance_is_stable_in_width():
 
     def output_variance(width):
         return np.mean(
-            [np.var(build_model((32,), 1, width=width, depth=2, seed=s)(x).numpy()) for s in range(6)]
+            [
+                np.var(build_model((32,), 1, width=width, depth=2, seed=s)(x).numpy())
+                for s in range(6)
+            ]
         )
 
     narrow, wide = output_variance(32), output_variance(2048)

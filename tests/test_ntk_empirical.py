@@ -1,12 +1,12 @@
 """Every NTK implementation equals J Jᵀ from an explicit per-example Jacobian, on tiny nets."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
-from lplr_tf.models.layers import NTKConv2D, NTKDense
 from lplr_tf.ntk import empirical_ntk, get_engine, tf32_disabled
+from lplr_tf.ntk.layers import NTKConv2D, NTKDense
 
 IMPLEMENTATIONS = ["jacobian", "structured", "auto"]
 
@@ -17,7 +17,7 @@ def reference_jacobian(model, x):
     rows = []
     for i in range(x.shape[0]):
         with tf.GradientTape(persistent=True) as tape:
-            outputs = tf.unstack(tf.reshape(model(x[i:i + 1], training=False), [-1]))
+            outputs = tf.unstack(tf.reshape(model(x[i : i + 1], training=False), [-1]))
         for output in outputs:
             grads = tape.gradient(output, variables, unconnected_gradients="zero")
             rows.append(np.concatenate([np.ravel(g.numpy()) for g in grads]))
@@ -49,25 +49,29 @@ def _randomize_batchnorm(model, rng):
 
 
 def fc_keras():
-    return keras.Sequential([
-        keras.Input((4,)),
-        keras.layers.Dense(6, activation="relu"),
-        keras.layers.Dense(5),
-        keras.layers.Activation("tanh"),
-        keras.layers.Dense(5, activation="gelu"),
-        keras.layers.Dense(1),
-    ]), (4,)
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(6, activation="relu"),
+            keras.layers.Dense(5),
+            keras.layers.Activation("tanh"),
+            keras.layers.Dense(5, activation="gelu"),
+            keras.layers.Dense(1),
+        ]
+    ), (4,)
 
 
 def fc_ntk():
-    return keras.Sequential([
-        keras.Input((4,)),
-        NTKDense(6, weight_std=1.4, bias_std=0.3, seed=1),
-        keras.layers.Activation("softplus"),
-        NTKDense(5, weight_std=1.2, bias_std=0.5, seed=2),
-        keras.layers.Activation("tanh"),
-        NTKDense(1, bias_std=0.1, seed=3),
-    ]), (4,)
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            NTKDense(6, weight_std=1.4, bias_std=0.3, seed=1),
+            keras.layers.Activation("softplus"),
+            NTKDense(5, weight_std=1.2, bias_std=0.5, seed=2),
+            keras.layers.Activation("tanh"),
+            NTKDense(1, bias_std=0.1, seed=3),
+        ]
+    ), (4,)
 
 
 def multi_output():
@@ -110,12 +114,14 @@ def resnet_ntk():
 
 def with_unknown_layer():
     """LayerNormalization is not a structured layer: its variables take the general path."""
-    return keras.Sequential([
-        keras.Input((4,)),
-        keras.layers.Dense(5, activation="tanh"),
-        keras.layers.LayerNormalization(),
-        keras.layers.Dense(2),
-    ]), (4,)
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(5, activation="tanh"),
+            keras.layers.LayerNormalization(),
+            keras.layers.Dense(2),
+        ]
+    ), (4,)
 
 
 MODELS = {
@@ -294,13 +300,19 @@ def test_multi_input_batch_raises():
 
 
 def test_kernel_assembled_on_several_devices_equals_the_unblocked_one():
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7, activation="tanh"),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(7, activation="tanh"), keras.layers.Dense(2)]
+    )
     x = np.random.default_rng(3).standard_normal((9, 5)).astype(np.float32)
     expected = empirical_ntk(model, x).numpy()
     devices = ["/cpu:0", "/cpu:0", "/cpu:0"]  # three row blocks, one per "replica"
-    np.testing.assert_allclose(empirical_ntk(model, x, devices=devices).numpy(), expected,
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        empirical_ntk(model, x, devices=devices).numpy(), expected, rtol=1e-6, atol=1e-6
+    )
     x2 = x[:4] * 0.5
-    np.testing.assert_allclose(empirical_ntk(model, x, x2, devices=devices).numpy(),
-                               empirical_ntk(model, x, x2).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        empirical_ntk(model, x, x2, devices=devices).numpy(),
+        empirical_ntk(model, x, x2).numpy(),
+        rtol=1e-6,
+        atol=1e-6,
+    )

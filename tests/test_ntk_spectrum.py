@@ -2,17 +2,17 @@
 
 import warnings
 
+import keras
 import numpy as np
 import pytest
-import keras
 
-from lplr_tf.models.layers import NTKDense
 from lplr_tf.ntk import (
     empirical_ntk,
     matrix_free_spectrum,
     ntk_spectrum,
     ntk_vector_product,
 )
+from lplr_tf.ntk.layers import NTKDense
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,9 @@ def test_ntvp_equals_dense_kernel_times_vector(net_and_kernel):
         product = ntk_vector_product(model, x, v, block_size=block_size).numpy()
         np.testing.assert_allclose(product, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     as_matrix = ntk_vector_product(model, x, v.reshape(12, 2), scale=1 / 12).numpy()
-    np.testing.assert_allclose(as_matrix.ravel(), expected / 12, rtol=1e-4,
-                               atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        as_matrix.ravel(), expected / 12, rtol=1e-4, atol=1e-5 * np.abs(expected).max()
+    )
 
 
 def test_ntvp_rejects_wrong_vector_length(net_and_kernel):
@@ -109,6 +110,7 @@ def test_matrix_free_spectrum_agrees_with_dense(net_and_kernel):
     # With as many Lanczos steps as dimensions the Ritz values are the eigenvalues.
     assert free.lambda_min == pytest.approx(dense.lambda_min, abs=1e-3 * dense.lambda_max)
     assert free.trace == pytest.approx(dense.trace, rel=0.3)  # Hutchinson, 64 probes
-    blocked = matrix_free_spectrum(model, x, scale=1 / n, num_iterations=10, num_probes=4,
-                                   block_size=5)
+    blocked = matrix_free_spectrum(
+        model, x, scale=1 / n, num_iterations=10, num_probes=4, block_size=5
+    )
     assert blocked.lambda_max == pytest.approx(dense.lambda_max, rel=1e-3)

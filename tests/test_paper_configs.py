@@ -1,4 +1,4 @@
-"""The paper's experiment configs: ResNet + SGD smoke runs write probe fields; headers are runnable."""
+"""The paper's experiment configs: ResNet + SGD smoke runs write probe fields; headers run."""
 
 import os
 import re
@@ -7,10 +7,24 @@ import pytest
 
 from lplr_tf import report, sweep, train
 
-PROBE_KEYS = {"ntk_lambda_min", "ntk_lambda_max", "ntk_trace", "kernel_drift", "pl_ratio",
-              "grad_norm_sq", "sharpness", "drift", "loss", "probe_loss"}
-PAPER_CONFIGS = ("digits_resnet_sgd.gin", "cifar10_resnet_sgd.gin", "digits_width_ablation.gin",
-                 "mnist_width_ablation.gin")
+PROBE_KEYS = {
+    "ntk_lambda_min",
+    "ntk_lambda_max",
+    "ntk_trace",
+    "kernel_drift",
+    "pl_ratio",
+    "grad_norm_sq",
+    "sharpness",
+    "drift",
+    "loss",
+    "probe_loss",
+}
+PAPER_CONFIGS = (
+    "digits_resnet_sgd.gin",
+    "cifar10_resnet_sgd.gin",
+    "digits_width_ablation.gin",
+    "mnist_width_ablation.gin",
+)
 
 
 def _check_sgd_run(workdir, summary):
@@ -36,8 +50,11 @@ def test_cifar10_resnet_sgd_smoke_on_mock_data(tmp_path):
 
     workdir = str(tmp_path / "cifar")
     with tfds.testing.mock_data(num_examples=256):
-        summary = train.launch(["cifar10_resnet_sgd.gin", "smoke.gin"],
-                               ["experiment.run.measure_sharpness = False"], workdir)
+        summary = train.launch(
+            ["cifar10_resnet_sgd.gin", "smoke.gin"],
+            ["experiment.run.measure_sharpness = False"],
+            workdir,
+        )
     assert summary["steps"] == 12
     rows = report.read_metrics(workdir)
     assert all({"ntk_lambda_min", "pl_ratio", "kernel_drift"} <= row.keys() for row in rows)

@@ -11,13 +11,23 @@ def full_rows(steps=60, every=5):
     rows = []
     for index, step in enumerate(range(0, steps + 1, every)):
         loss = 0.97**step
-        rows.append({
-            "step": step, "loss": loss, "grad_norm_sq": 2 * 0.3 * loss, "pl_ratio": 0.3,
-            "drift": 0.01 * index, "relative_drift": 0.001 * index,
-            "ntk_lambda_min": 0.2, "ntk_lambda_max": 3.0, "kernel_drift": 0.01 * index,
-            "kernel_drift_op": 0.001 * index, "sharpness": 3.5, "gn_sharpness": 3.0,
-            "loss_linearized": loss * 0.98,
-        })
+        rows.append(
+            {
+                "step": step,
+                "loss": loss,
+                "grad_norm_sq": 2 * 0.3 * loss,
+                "pl_ratio": 0.3,
+                "drift": 0.01 * index,
+                "relative_drift": 0.001 * index,
+                "ntk_lambda_min": 0.2,
+                "ntk_lambda_max": 3.0,
+                "kernel_drift": 0.01 * index,
+                "kernel_drift_op": 0.001 * index,
+                "sharpness": 3.5,
+                "gn_sharpness": 3.0,
+                "loss_linearized": loss * 0.98,
+            }
+        )
     return rows
 
 
@@ -50,8 +60,10 @@ def test_plot_convergence_with_diverged_run(tmp_path):
 def test_plot_comparison(tmp_path):
     first = full_rows()
     second = [{"step": r["step"], "loss": r["loss"] ** 0.5} for r in full_rows()]
-    runs = [(name, rows, analysis.summarize(rows, learning_rate=0.1))
-            for name, rows in [("wide", first), ("narrow", second)]]
+    runs = [
+        (name, rows, analysis.summarize(rows, learning_rate=0.1))
+        for name, rows in [("wide", first), ("narrow", second)]
+    ]
     plots.plot_comparison(runs, tmp_path / "comparison.png")
     assert_png(tmp_path / "comparison.png")
     with pytest.raises(ValueError, match="runs=\\[\\]"):

@@ -15,10 +15,19 @@ def test_gd_logs_step_zero_interval_and_last():
     "make, message",
     [
         (lambda: protocols.gd(log_every=0), r"protocol.gd.log_every = 0; expected an integer >= 1"),
-        (lambda: protocols.gd(learning_rate=-1.0), r"protocol.gd.learning_rate = -1.0; expected a positive number"),
-        (lambda: protocols.gd(learning_rate="fast"), r"learning_rate = 'fast'; expected a positive number"),
+        (
+            lambda: protocols.gd(learning_rate=-1.0),
+            r"protocol.gd.learning_rate = -1.0; expected a positive number",
+        ),
+        (
+            lambda: protocols.gd(learning_rate="fast"),
+            r"learning_rate = 'fast'; expected a positive number",
+        ),
         (lambda: protocols.gd(num_steps=0), r"protocol.gd.num_steps = 0"),
-        (lambda: protocols.sgd(batch_size=2.5), r"protocol.sgd.batch_size = 2.5; expected an integer"),
+        (
+            lambda: protocols.sgd(batch_size=2.5),
+            r"protocol.sgd.batch_size = 2.5; expected an integer",
+        ),
     ],
 )
 def test_bad_settings_are_named(make, message):
@@ -30,7 +39,10 @@ def test_bad_settings_are_named(make, message):
     "protocol, message",
     [
         (protocols.sgd(batch_size=500), r"batch_size = 500; expected 1 <= batch_size <= n = 100"),
-        (protocols.gd(log_every=10, probe_every=15), r"probe_every = 15; expected a positive multiple"),
+        (
+            protocols.gd(log_every=10, probe_every=15),
+            r"probe_every = 15; expected a positive multiple",
+        ),
     ],
 )
 def test_impossible_combinations_are_named(protocol, message):
@@ -42,12 +54,16 @@ def test_sgd_learning_rate_schedule_is_applied(tmp_path):
     from lplr_tf import report, train
 
     # Step 0 uses 0.5, every later step 0: the weights move once, then never again.
-    train.launch(["digits_fc_gd.gin", "smoke.gin"], [
-        "experiment.run.protocol = @protocol.sgd",
-        "protocol.sgd.learning_rate_schedule = @keras.schedules.PiecewiseConstantDecay()",
-        "keras.schedules.PiecewiseConstantDecay.boundaries = [0]",
-        "keras.schedules.PiecewiseConstantDecay.values = [0.5, 0.0]",
-    ], str(tmp_path))
+    train.launch(
+        ["digits_fc_gd.gin", "smoke.gin"],
+        [
+            "experiment.run.protocol = @protocol.sgd",
+            "protocol.sgd.learning_rate_schedule = @keras.schedules.PiecewiseConstantDecay()",
+            "keras.schedules.PiecewiseConstantDecay.boundaries = [0]",
+            "keras.schedules.PiecewiseConstantDecay.values = [0.5, 0.0]",
+        ],
+        str(tmp_path),
+    )
     drifts = [row["drift"] for row in report.read_metrics(tmp_path)]
     assert drifts[0] == 0.0 and drifts[1] > 0.0
     assert drifts[1] == drifts[2] == drifts[3]

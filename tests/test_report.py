@@ -15,10 +15,19 @@ def make_workdir(root, name, rate=0.97, steps=100, with_summary=True, **settings
     workdir.mkdir()
     rows = []
     for index, step in enumerate(range(0, steps + 1, 10)):
-        rows.append({"step": step, "loss": rate**step, "pl_ratio": 0.3 + 0.01 * index,
-                     "drift": 0.01 * index, "ntk_lambda_min": 0.2, "ntk_lambda_max": 2.0,
-                     "kernel_drift": 0.01 * index, "kernel_drift_op": 0.002 * index,
-                     "sharpness": 2.5})
+        rows.append(
+            {
+                "step": step,
+                "loss": rate**step,
+                "pl_ratio": 0.3 + 0.01 * index,
+                "drift": 0.01 * index,
+                "ntk_lambda_min": 0.2,
+                "ntk_lambda_max": 2.0,
+                "kernel_drift": 0.01 * index,
+                "kernel_drift_op": 0.002 * index,
+                "sharpness": 2.5,
+            }
+        )
     with open(workdir / "metrics.jsonl", "w") as stream:
         for row in rows:
             stream.write(json.dumps(row) + "\n")
@@ -30,8 +39,9 @@ def make_workdir(root, name, rate=0.97, steps=100, with_summary=True, **settings
 
 
 def test_report_reproduces_summary_exactly(tmp_path):
-    workdir, _, _ = make_workdir(tmp_path, "run", tolerance=1e-9, window=(20, 90),
-                                 num_steps=100, kernel_drift_bound=0.4)
+    workdir, _, _ = make_workdir(
+        tmp_path, "run", tolerance=1e-9, window=(20, 90), num_steps=100, kernel_drift_bound=0.4
+    )
     before = (workdir / "summary.json").read_bytes()
     output = io.StringIO()
     assert report.main([str(workdir), "--no_plots"], stdout=output) == 0
@@ -49,8 +59,10 @@ def test_flags_override_and_supply_settings(tmp_path):
     workdir, rows, _ = make_workdir(tmp_path, "run", with_summary=False)
     with pytest.raises(ValueError, match="summary.json does not exist.*--learning_rate"):
         report.main([str(workdir), "--no_plots"], stdout=io.StringIO())
-    report.main([str(workdir), "--no_plots", "--learning_rate", "0.05", "--l_star", "0.0"],
-                stdout=io.StringIO())
+    report.main(
+        [str(workdir), "--no_plots", "--learning_rate", "0.05", "--l_star", "0.0"],
+        stdout=io.StringIO(),
+    )
     written = json.loads((workdir / "summary.json").read_text())
     assert written == analysis.summarize(rows, learning_rate=0.05, l_star=0.0)
     report.main([str(workdir), "--no_plots", "--learning_rate", "0.2"], stdout=io.StringIO())
@@ -66,9 +78,21 @@ def test_comparison_table_and_plot_for_two_workdirs(tmp_path):
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 4
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
-    assert header == ["run", "status", "steps", "final_loss", "fit rate", "r2", "μ",
-                      "rate_bound", "μ_cert", "certified", "final drift",
-                      "PL lower envelope", "sharpness max"]
+    assert header == [
+        "run",
+        "status",
+        "steps",
+        "final_loss",
+        "fit rate",
+        "r2",
+        "μ",
+        "rate_bound",
+        "μ_cert",
+        "certified",
+        "final drift",
+        "PL lower envelope",
+        "sharpness max",
+    ]
     fast_cells = [cell.strip() for cell in table[2].strip("|").split("|")]
     assert fast_cells[0] == "fast" and fast_cells[1] == fast["status"]
     assert float(fast_cells[4]) == pytest.approx(0.9, abs=1e-5)
@@ -98,8 +122,9 @@ def test_truncated_last_line_is_skipped_and_duplicates_resolved(tmp_path):
     read = report.read_metrics(workdir)
     assert [row["step"] for row in read] == [row["step"] for row in rows]
     assert read[-1]["loss"] == 123.0
-    (workdir / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n{"step": 1,\n'
-                                            '{"step": 2, "loss": 0.5}\n')
+    (workdir / "metrics.jsonl").write_text(
+        '{"step": 0, "loss": 1.0}\n{"step": 1,\n{"step": 2, "loss": 0.5}\n'
+    )
     with pytest.raises(ValueError, match="metrics.jsonl:2: malformed JSON"):
         report.read_metrics(workdir)
 

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from lplr_tf import ntk
-from lplr_tf.models.layers import NTKConv2D, NTKDense
 from lplr_tf.models.resnet import build_model
+from lplr_tf.ntk.layers import NTKConv2D, NTKDense
 
 # A tiny config: 8x8x1 images, stem 2 channels, stage widths (2, 3), strides (1, 2).
 TINY = dict(stage_widths=(2, 3), strides=(1, 2), blocks_per_stage=1, kernel_size=3)
@@ -33,8 +33,9 @@ def test_shapes_and_parameter_count_standard_bn():
 
 
 def test_parameter_count_ntk_without_bn():
-    model = build_model((8, 8, 1), 1, parameterization="ntk", batch_norm=False, bias_std=0.1,
-                        **TINY)
+    model = build_model(
+        (8, 8, 1), 1, parameterization="ntk", batch_norm=False, bias_std=0.1, **TINY
+    )
     conv_weights = 18 + 36 + 36 + 54 + 81 + 6
     conv_biases = 2 + 2 + 2 + 3 + 3 + 3
     assert model.count_params() == conv_weights + conv_biases + (3 + 1)
@@ -66,7 +67,7 @@ def _explicit_ntk(model, x):
     rows = []
     for i in range(x.shape[0]):
         with tf.GradientTape(persistent=True) as tape:
-            f = model(x[i:i + 1], training=False)
+            f = model(x[i : i + 1], training=False)
         for o in range(f.shape[-1]):
             cotangent = tf.one_hot([o], f.shape[-1], dtype=f.dtype)  # row o of J for example i
             grads = tape.gradient(f, variables, output_gradients=cotangent)
@@ -76,14 +77,18 @@ def _explicit_ntk(model, x):
     return jacobian @ jacobian.T
 
 
-@pytest.mark.parametrize("parameterization, batch_norm, output_dim", [
-    ("standard", True, 2),
-    ("ntk", True, 1),
-    ("ntk", False, 2),
-])
+@pytest.mark.parametrize(
+    "parameterization, batch_norm, output_dim",
+    [
+        ("standard", True, 2),
+        ("ntk", True, 1),
+        ("ntk", False, 2),
+    ],
+)
 def test_structured_ntk_matches_explicit_jacobian(parameterization, batch_norm, output_dim):
-    model = build_model((8, 8, 1), output_dim, parameterization=parameterization,
-                        batch_norm=batch_norm, **TINY)
+    model = build_model(
+        (8, 8, 1), output_dim, parameterization=parameterization, batch_norm=batch_norm, **TINY
+    )
     _randomize(model)
     x = tf.constant(np.random.default_rng(1).standard_normal((5, 8, 8, 1)).astype(np.float32))
     theta = ntk.empirical_ntk(model, x, implementation="structured").numpy()
@@ -95,16 +100,19 @@ def test_structured_ntk_matches_explicit_jacobian(parameterization, batch_norm, 
     np.testing.assert_allclose(theta, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("kwargs, input_shape, message", [
-    ({}, (64,), r"examples of shape \(64,\).*data.digits.image = True"),
-    ({"stage_widths": (8, 16), "strides": (1,)}, (8, 8, 1), "one stride per stage"),
-    ({"pooling": "mean"}, (8, 8, 1), "pooling = 'mean'"),
-    ({"parameterization": "mup"}, (8, 8, 1), "parameterization = 'mup'"),
-    ({"activation": "relux"}, (8, 8, 1), "activation = 'relux'"),
-    ({"stage_widths": (8, 0), "strides": (1, 2)}, (8, 8, 1), r"stage_widths = \(8, 0\)"),
-    ({"blocks_per_stage": 0}, (8, 8, 1), "blocks_per_stage = 0"),
-    ({"stage_widths": (4, 4, 4, 4), "strides": (2, 2, 2, 2)}, (8, 8, 1), "downsample by 16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, input_shape, message",
+    [
+        ({}, (64,), r"examples of shape \(64,\).*data.digits.image = True"),
+        ({"stage_widths": (8, 16), "strides": (1,)}, (8, 8, 1), "one stride per stage"),
+        ({"pooling": "mean"}, (8, 8, 1), "pooling = 'mean'"),
+        ({"parameterization": "mup"}, (8, 8, 1), "parameterization = 'mup'"),
+        ({"activation": "relux"}, (8, 8, 1), "activation = 'relux'"),
+        ({"stage_widths": (8, 0), "strides": (1, 2)}, (8, 8, 1), r"stage_widths = \(8, 0\)"),
+        ({"blocks_per_stage": 0}, (8, 8, 1), "blocks_per_stage = 0"),
+        ({"stage_widths": (4, 4, 4, 4), "strides": (2, 2, 2, 2)}, (8, 8, 1), "downsample by 16"),
+    ],
+)
 def test_bad_arguments_name_the_value(kwargs, input_shape, message):
     with pytest.raises(ValueError, match=message):
         build_model(input_shape, 1, **kwargs)

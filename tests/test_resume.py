@@ -25,8 +25,13 @@ BINDINGS = [
 
 
 def _command(workdir, bindings=BINDINGS):
-    return [sys.executable, "-m", "lplr_tf.train", "--gin_file=digits_fc_gd.gin",
-            f"--workdir={workdir}"] + [f"--gin_bindings={b}" for b in bindings]
+    return [
+        sys.executable,
+        "-m",
+        "lplr_tf.train",
+        "--gin_file=digits_fc_gd.gin",
+        f"--workdir={workdir}",
+    ] + [f"--gin_bindings={b}" for b in bindings]
 
 
 def _start(workdir, bindings=BINDINGS):
@@ -94,8 +99,11 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted
     expected_summary, expected_rows = uninterrupted
     _assert_close(summary, expected_summary)
     for row, expected in zip(rows, expected_rows):
-        _assert_close({k: v for k, v in row.items() if k != "wall_time"},
-                      {k: v for k, v in expected.items() if k != "wall_time"}, f"step {row['step']}")
+        _assert_close(
+            {k: v for k, v in row.items() if k != "wall_time"},
+            {k: v for k, v in expected.items() if k != "wall_time"},
+            f"step {row['step']}",
+        )
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_4(tmp_path):
@@ -116,8 +124,10 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, un
     train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)
     os.remove(os.path.join(workdir, "summary.json"))  # make it resumable again
     checkpoints = os.path.join(workdir, "checkpoints")
-    newest = sorted((f for f in os.listdir(checkpoints) if ".data-" in f),
-                    key=lambda f: int(f.split("-")[1].split(".")[0]))[-1]
+    newest = sorted(
+        (f for f in os.listdir(checkpoints) if ".data-" in f),
+        key=lambda f: int(f.split("-")[1].split(".")[0]),
+    )[-1]
     assert newest.startswith("ckpt-300")
     with open(os.path.join(checkpoints, newest), "r+b") as file:
         file.truncate(os.path.getsize(os.path.join(checkpoints, newest)) // 2)
@@ -133,8 +143,10 @@ def test_second_run_on_a_live_workdir_is_refused(tmp_path):
     process = _start(workdir, long_run)
     try:
         _wait_for_step(workdir, 0, process)
-        with pytest.raises(checkpointing.RunLockedError,
-                           match=rf"--workdir={workdir} is in use by process {process.pid}"):
+        with pytest.raises(
+            checkpointing.RunLockedError,
+            match=rf"--workdir={workdir} is in use by process {process.pid}",
+        ):
             train.launch(["digits_fc_gd.gin"], long_run, workdir)
         assert process.poll() is None, _log(process)
     finally:
@@ -162,9 +174,13 @@ def test_finished_run_is_not_trained_again(tmp_path):
 def test_sgd_resume_continues_the_batch_order(tmp_path):
     # The data iterator is checkpointed: resuming mid-epoch replays the same batches.
     bindings = BINDINGS[:2] + [
-        "experiment.run.protocol = @protocol.sgd", "protocol.sgd.batch_size = 5",
-        "protocol.sgd.num_steps = 40", "protocol.sgd.log_every = 4", "protocol.sgd.probe_every = 8",
-        "experiment.run.measure_sharpness = False", "experiment.run.stop_on_convergence = False",
+        "experiment.run.protocol = @protocol.sgd",
+        "protocol.sgd.batch_size = 5",
+        "protocol.sgd.num_steps = 40",
+        "protocol.sgd.log_every = 4",
+        "protocol.sgd.probe_every = 8",
+        "experiment.run.measure_sharpness = False",
+        "experiment.run.stop_on_convergence = False",
     ]
     expected = train.launch(["digits_fc_gd.gin"], bindings, str(tmp_path / "straight"))
     workdir = str(tmp_path / "resumed")
@@ -177,4 +193,5 @@ def test_sgd_resume_continues_the_batch_order(tmp_path):
     summary = train.launch(["digits_fc_gd.gin"], bindings, workdir)
     _assert_close(summary, expected)
     assert [r["loss"] for r in report.read_metrics(workdir)] == pytest.approx(
-        [r["loss"] for r in report.read_metrics(tmp_path / "straight")], rel=1e-5)
+        [r["loss"] for r in report.read_metrics(tmp_path / "straight")], rel=1e-5
+    )

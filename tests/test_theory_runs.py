@@ -60,10 +60,28 @@ def test_step_above_two_over_sharpness_diverges(tmp_path):
 
 def test_wide_net_follows_linearized_prediction_and_narrow_net_leaves_it(tmp_path):
     dataset = teacher_student(n=16, input_dim=8, seed=1)
-    wide = _run(tmp_path / "wide", dataset, 0.5, 200, depth=1, width=4096,
-                parameterization="ntk", activation="tanh", weight_std=1.0)
-    narrow = _run(tmp_path / "narrow", dataset, 4.0, 200, depth=1, width=8,
-                  parameterization="ntk", activation="tanh", weight_std=1.0)
+    wide = _run(
+        tmp_path / "wide",
+        dataset,
+        0.5,
+        200,
+        depth=1,
+        width=4096,
+        parameterization="ntk",
+        activation="tanh",
+        weight_std=1.0,
+    )
+    narrow = _run(
+        tmp_path / "narrow",
+        dataset,
+        4.0,
+        200,
+        depth=1,
+        width=8,
+        parameterization="ntk",
+        activation="tanh",
+        weight_std=1.0,
+    )
     assert wide["linearized"]["max_relative_deviation"] < 0.1
     assert wide["linearized"]["departure_step"] is None
     assert narrow["linearized"]["departure_step"] is not None
@@ -82,16 +100,29 @@ def test_report_reproduces_the_summary_of_a_finished_run(tmp_path):
 def test_pl_ratio_lies_in_the_ntk_band_at_every_probe(tmp_path):
     # q = ||grad L||^2 / (2L) = r^T K r / ||r||^2 is a Rayleigh quotient of K (L* = 0).
     workdir = tmp_path / "band"
-    summary = train.launch(["digits_fc_gd.gin"], [
-        "data.digits.n = 20", "data.digits.classes = (0, 1, 2)", "fc.build_model.width = 64",
-        "protocol.gd.num_steps = 37", "protocol.gd.log_every = 5", "protocol.gd.probe_every = 10",
-        "protocol.gd.learning_rate = 1.0", "experiment.run.measure_sharpness = False",
-    ], str(workdir))
+    summary = train.launch(
+        ["digits_fc_gd.gin"],
+        [
+            "data.digits.n = 20",
+            "data.digits.classes = (0, 1, 2)",
+            "fc.build_model.width = 64",
+            "protocol.gd.num_steps = 37",
+            "protocol.gd.log_every = 5",
+            "protocol.gd.probe_every = 10",
+            "protocol.gd.learning_rate = 1.0",
+            "experiment.run.measure_sharpness = False",
+        ],
+        str(workdir),
+    )
     rows = report.read_metrics(workdir)
     probed = [row for row in rows if "ntk_lambda_min" in row]
     assert [row["step"] for row in probed] == [0, 10, 20, 30, 37]  # and always the last step
     for row in probed:
-        assert row["ntk_lambda_min"] * (1 - 1e-4) <= row["pl_ratio"] <= row["ntk_lambda_max"] * (1 + 1e-4)
+        assert (
+            row["ntk_lambda_min"] * (1 - 1e-4)
+            <= row["pl_ratio"]
+            <= row["ntk_lambda_max"] * (1 + 1e-4)
+        )
         assert row["ntk_lambda_min"] > 0
     assert summary["ntk"]["lambda_min_init"] == probed[0]["ntk_lambda_min"]
     assert summary["ntk"]["kernel_drift_final"] == probed[-1]["kernel_drift"]

@@ -3,5 +3,7 @@
 Importing this package registers every builder with gin (`fc.build_model`, ...).
 """
 
-from lplr_tf.models import fc  # noqa: F401
-from lplr_tf.models import resnet  # noqa: F401
+from lplr_tf.models import (
+    fc,  # noqa: F401
+    resnet,  # noqa: F401
+)

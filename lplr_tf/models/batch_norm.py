@@ -25,8 +25,11 @@ def calibrate_batch_norm(model, x):
     Returns:
       The number of BatchNormalization layers calibrated.
     """
-    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-              if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]

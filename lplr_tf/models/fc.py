@@ -16,7 +16,7 @@ import gin
 import keras
 
 from lplr_tf import validation
-from lplr_tf.models.layers import NTKDense
+from lplr_tf.ntk.layers import NTKDense
 
 PARAMETERIZATIONS = ("standard", "ntk")
 
@@ -64,7 +64,8 @@ def build_model(
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(
             f"fc.build_model.parameterization = {parameterization!r}; expected one of "
-            f"{PARAMETERIZATIONS}. Fix the gin binding, e.g. fc.build_model.parameterization = 'ntk'."
+            f"{PARAMETERIZATIONS}. Fix the gin binding, e.g. "
+            "fc.build_model.parameterization = 'ntk'."
         )
     width = validation.integer("fc.build_model.width", width, 1)
     depth = validation.integer("fc.build_model.depth", depth, 0)

@@ -39,12 +39,12 @@ add noise to the training function. For the cleanest full-batch theory runs use
 """
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import gin
 import keras
 
-from lplr_tf.models.layers import NTKConv2D, NTKDense
+from lplr_tf.ntk.layers import NTKConv2D, NTKDense
 
 PARAMETERIZATIONS = ("standard", "ntk")
 POOLINGS = ("average", "max", "flatten")
@@ -64,8 +64,16 @@ def _positive_ints(name, values):
     return tuple(int(v) for v in values)
 
 
-def _validate(input_shape, stage_widths, strides, blocks_per_stage, pooling,
-              parameterization, activation, kernel_size):
+def _validate(
+    input_shape,
+    stage_widths,
+    strides,
+    blocks_per_stage,
+    pooling,
+    parameterization,
+    activation,
+    kernel_size,
+):
     if len(tuple(input_shape)) != 3:
         raise ValueError(
             f"resnet.build_model got examples of shape {tuple(input_shape)}; expected images "
@@ -81,8 +89,11 @@ def _validate(input_shape, stage_widths, strides, blocks_per_stage, pooling,
             "stage. Give both the same length, e.g. stage_widths = (16, 32) and "
             "strides = (1, 2)."
         )
-    if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) \
-            or blocks_per_stage < 1:
+    if (
+        isinstance(blocks_per_stage, bool)
+        or not isinstance(blocks_per_stage, int)
+        or blocks_per_stage < 1
+    ):
         raise ValueError(
             f"resnet.build_model.blocks_per_stage = {blocks_per_stage!r}; expected an integer "
             ">= 1 (residual blocks in every stage), e.g. resnet.build_model.blocks_per_stage = 1."
@@ -175,8 +186,16 @@ def build_model(
         lengths, non-positive widths/strides/blocks, strides larger than the image, unknown
         pooling, parameterization or activation. The message names the value and the fix.
     """
-    widths, stride_values = _validate(input_shape, stage_widths, strides, blocks_per_stage,
-                                      pooling, parameterization, activation, kernel_size)
+    widths, stride_values = _validate(
+        input_shape,
+        stage_widths,
+        strides,
+        blocks_per_stage,
+        pooling,
+        parameterization,
+        activation,
+        kernel_size,
+    )
     layer_index = [0]
 
     def next_seed():
@@ -186,14 +205,28 @@ def build_model(
 
     def conv(filters, size, stride, name):
         if parameterization == "ntk":
-            return NTKConv2D(filters, kernel_size=size, strides=stride, padding="same",
-                             weight_std=weight_std, bias_std=0.0 if batch_norm else bias_std,
-                             seed=next_seed(), name=name)
+            return NTKConv2D(
+                filters,
+                kernel_size=size,
+                strides=stride,
+                padding="same",
+                weight_std=weight_std,
+                bias_std=0.0 if batch_norm else bias_std,
+                seed=next_seed(),
+                name=name,
+            )
         initializer = keras.initializers.get(
-            {"class_name": kernel_initializer, "config": {"seed": next_seed()}})
-        return keras.layers.Conv2D(filters, size, strides=stride, padding="same",
-                                   use_bias=not batch_norm, kernel_initializer=initializer,
-                                   name=name)
+            {"class_name": kernel_initializer, "config": {"seed": next_seed()}}
+        )
+        return keras.layers.Conv2D(
+            filters,
+            size,
+            strides=stride,
+            padding="same",
+            use_bias=not batch_norm,
+            kernel_initializer=initializer,
+            name=name,
+        )
 
     def normalize(tensor, name):
         if not batch_norm:
@@ -229,15 +262,24 @@ def build_model(
     else:
         hidden = keras.layers.Flatten(name="pool")(hidden)
     if parameterization == "ntk":
-        readout = NTKDense(int(output_dim), weight_std=readout_weight_std, bias_std=bias_std,
-                           seed=next_seed(), name="readout")
+        readout = NTKDense(
+            int(output_dim),
+            weight_std=readout_weight_std,
+            bias_std=bias_std,
+            seed=next_seed(),
+            name="readout",
+        )
     else:
         readout = keras.layers.Dense(
-            int(output_dim), name="readout",
-            kernel_initializer=keras.initializers.GlorotUniform(seed=next_seed()))
+            int(output_dim),
+            name="readout",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=next_seed()),
+        )
     outputs = readout(hidden)
     widths_name = "-".join(str(w) for w in widths)
     return keras.Model(
-        inputs, outputs,
+        inputs,
+        outputs,
         name=f"resnet_{parameterization}_w{widths_name}_b{blocks_per_stage}"
-             f"{'_bn' if batch_norm else ''}")
+        f"{'_bn' if batch_norm else ''}",
+    )

@@ -16,7 +16,7 @@ per-example Jacobians), `matfree` (NTK-vector products, Lanczos),
 from lplr_tf.ntk.common import tf32_disabled
 from lplr_tf.ntk.empirical import IMPLEMENTATIONS, NTKEngine, empirical_ntk, get_engine
 from lplr_tf.ntk.matfree import matrix_free_spectrum, ntk_vector_product
-from lplr_tf.ntk.spectrum import NTKSpectrum, ntk_spectrum
+from lplr_tf.ntk.spectrum import NTKSpectrum, linearized_loss_curve, ntk_spectrum
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -24,6 +24,7 @@ __all__ = [
     "NTKSpectrum",
     "empirical_ntk",
     "get_engine",
+    "linearized_loss_curve",
     "matrix_free_spectrum",
     "ntk_spectrum",
     "ntk_vector_product",

@@ -67,8 +67,9 @@ def block_starts(n, block_size):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def assemble(features_fn, contract_fn, x1, x2, block_size, rows_per_example, cache_features,
-             devices=None):
+def assemble(
+    features_fn, contract_fn, x1, x2, block_size, rows_per_example, cache_features, devices=None
+):
     """Assembles Θ(x1, x2) from blocks; x2=None means the symmetric kernel Θ(x1, x1).
 
     Args:
@@ -117,9 +118,9 @@ def assemble(features_fn, contract_fn, x1, x2, block_size, rows_per_example, cac
             j0, j1 = cols[j]
             if out is None:
                 out = np.empty((int(x1.shape[0]) * r, int(source.shape[0]) * r), block.dtype)
-            out[i0 * r:i1 * r, j0 * r:j1 * r] = block
+            out[i0 * r : i1 * r, j0 * r : j1 * r] = block
             if symmetric and i != j:
-                out[j0 * r:j1 * r, i0 * r:i1 * r] = block.T
+                out[j0 * r : j1 * r, i0 * r : i1 * r] = block.T
         if symmetric:
             cache.pop(i, None)  # row block i's features are not needed again
     return tf.convert_to_tensor(out)

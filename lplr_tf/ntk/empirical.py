@@ -104,7 +104,13 @@ class NTKEngine:
         # Keep the column blocks' features when all of them fit in half the budget.
         cache = 2 * n * self.bytes_per_example <= budget
         return blocking.assemble(
-            self.features, self.contract, x1, x2, block_size, self.rows_per_example, cache,
+            self.features,
+            self.contract,
+            x1,
+            x2,
+            block_size,
+            self.rows_per_example,
+            cache,
             devices,
         )
 

@@ -32,9 +32,7 @@ def per_example_jacobian(model, x, variables, num_outputs):
     """
 
     def one_example(x_i):
-        with tf.GradientTape(
-            persistent=num_outputs > 1, watch_accessed_variables=False
-        ) as tape:
+        with tf.GradientTape(persistent=num_outputs > 1, watch_accessed_variables=False) as tape:
             tape.watch(variables)
             # Slice inside the tape: ops run outside it are not recorded.
             f = tf.unstack(flatten_outputs(model(x_i[None], training=False), 1)[0])

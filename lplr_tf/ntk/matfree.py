@@ -15,8 +15,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from lplr_tf.lanczos import lanczos_extreme_eigenvalues
 from lplr_tf.ntk import common, spectrum
+from lplr_tf.ntk.lanczos import lanczos_extreme_eigenvalues
 
 _CALLER = "ntk_vector_product"
 # Compiled VJP/JVP functions per live model (the only module-level state).
@@ -53,7 +53,7 @@ class _MatrixFree:
             # vᵀ Θ v = ‖Jᵀ v‖²: Hutchinson needs the VJP only.
             return tf.add_n([tf.reduce_sum(tf.square(g)) for g in vjp(x, v)])
 
-        compile_ = lambda fn: tf.function(fn, jit_compile=jit_compile)  # noqa: E731
+        compile_ = lambda fn: tf.function(fn, jit_compile=jit_compile)
         self.vjp, self.jvp = compile_(vjp), compile_(jvp)
         self.ntvp, self.quadratic_form = compile_(ntvp), compile_(quadratic_form)
 
@@ -171,10 +171,8 @@ def matrix_free_spectrum(
             else:
                 tangents = None
                 for s in range(0, n, block_size):
-                    part = functions.vjp(x[s:s + block_size], z[s:s + block_size])
-                    tangents = part if tangents is None else [
-                        a + b for a, b in zip(tangents, part)
-                    ]
+                    part = functions.vjp(x[s : s + block_size], z[s : s + block_size])
+                    tangents = part if tangents is None else [a + b for a, b in zip(tangents, part)]
                 value = float(sum(tf.reduce_sum(tf.square(t)) for t in tangents))
             estimates.append(value * scale)
     return spectrum.summarize(ritz_min, ritz_max, float(np.mean(estimates)), method="lanczos")

@@ -93,7 +93,7 @@ def _conv_weight_gradient(layer, a, delta):
         per_offset = []
         for i in range(kh):
             for j in range(kw):
-                window = a[:, i * rh:i * rh + out_h, j * rw:j * rw + out_w, :]
+                window = a[:, i * rh : i * rh + out_h, j * rw : j * rw + out_w, :]
                 window = tf.reshape(window, (n, out_h * out_w, channels))
                 per_offset.append(tf.matmul(window, d, transpose_a=True))  # (n, c, O·d)
         g = tf.stack(per_offset, axis=1)

@@ -117,3 +117,49 @@ def ntk_spectrum(kernel, *, scale=1.0, return_eigenvectors=False, psd_rtol=None)
         eigenvectors=eigenvectors,
         method="dense",
     )
+
+
+def linearized_loss_curve(kernel0, residual0, learning_rate, steps, n):
+    """Kernel-regime loss L_t^lin = ‖(I − ηK_0)^t r_0‖² / (2n) at the given steps.
+
+    Computed in float64 from the eigendecomposition of the symmetrized K_0:
+    L_t^lin = Σ_k (1 − ηλ_k)^{2t} (v_kᵀ r_0)² / (2n).
+
+    Args:
+      kernel0: K_0 = Θ_0 / n, shape (m, m) with m = n·O.
+      residual0: r_0 = vec(f(X) − Y) at initialization, shape (m,).
+      learning_rate: The GD step size η.
+      steps: Iterable of non-negative integer steps t.
+      n: Number of training examples (the 1/(2n) of the loss).
+
+    Returns:
+      float64 array of shape (len(steps),); +inf where the linearized dynamics overflow
+      (some η·λ_k > 2).
+    """
+    kernel0 = np.asarray(kernel0, dtype=np.float64)
+    residual0 = np.asarray(residual0, dtype=np.float64).reshape(-1)
+    if (
+        kernel0.ndim != 2
+        or kernel0.shape[0] != kernel0.shape[1]
+        or kernel0.shape[0] != residual0.shape[0]
+    ):
+        raise ValueError(
+            f"linearized_loss_curve: kernel0 shape {kernel0.shape} and residual0 "
+            f"shape {residual0.shape}; expected (m, m) and (m,) with the same m = "
+            "n·O. Pass the full normalized kernel K_0 and vec(f(X) − Y)."
+        )
+    if n <= 0:
+        raise ValueError(
+            f"linearized_loss_curve: n={n}; expected the positive number of training examples."
+        )
+    steps = np.asarray(list(steps), dtype=np.int64)
+    if np.any(steps < 0):
+        raise ValueError(
+            f"linearized_loss_curve: steps contain {steps.min()}; expected non-negative integers."
+        )
+    eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (kernel0 + kernel0.T))
+    weights = (eigenvectors.T @ residual0) ** 2
+    factors = (1.0 - learning_rate * eigenvalues) ** 2
+    with np.errstate(over="ignore"):  # η·λ > 2: the linearized dynamics diverge (→ inf)
+        powers = factors[None, :] ** steps[:, None].astype(np.float64)
+        return powers @ weights / (2.0 * n)

@@ -30,9 +30,9 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from lplr_tf.models.layers import NTKConv2D, NTKDense
 from lplr_tf.ntk import jacobian, per_example
 from lplr_tf.ntk.common import as_tf_variable, flatten_outputs, num_elements
+from lplr_tf.ntk.layers import NTKConv2D, NTKDense
 
 _BYTES = 4
 _BaseConv = keras.layers.Conv2D.__mro__[1]
@@ -80,8 +80,14 @@ def _classify(layer, trainable_ids):
     if _same_call(layer, NTKDense) or _same_call(layer, NTKConv2D):
         kind = "dense" if isinstance(layer, NTKDense) else "conv"
         own = (layer.kernel, layer.bias)
-        term = _Term(layer, kind, trainable(layer.kernel), trainable(layer.bias),
-                     float(layer.weight_scale), float(layer.bias_scale))
+        term = _Term(
+            layer,
+            kind,
+            trainable(layer.kernel),
+            trainable(layer.bias),
+            float(layer.weight_scale),
+            float(layer.bias_scale),
+        )
     elif _same_call(layer, keras.layers.Dense):
         own = (layer.kernel, layer.bias)
         term = _Term(layer, "dense", trainable(layer.kernel), trainable(layer.bias))
@@ -228,14 +234,18 @@ class StructuredFeatures:
         for o in range(num_outputs):
             cotangent = tf.broadcast_to(tf.one_hot(o, num_outputs, dtype=f.dtype), tf.shape(f))
             per_output.append(
-                tape.gradient(f, zs, output_gradients=cotangent,
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                tape.gradient(
+                    f,
+                    zs,
+                    output_gradients=cotangent,
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
             )
         del tape
         deltas = [tf.stack([g[k] for g in per_output], axis=1) for k in range(len(zs))]
         grams, gradients, k = [], [], 0
         for term, calls in zip(self.terms, records):
-            term_deltas = deltas[k:k + len(calls)]
+            term_deltas = deltas[k : k + len(calls)]
             k += len(calls)
             if term.gram:
                 grams.extend([calls[0][0], term_deltas[0]])
@@ -258,8 +268,11 @@ class StructuredFeatures:
             a1, d1, a2, d2 = f1[k], f1[k + 1], f2[k], f2[k + 1]
             k += 2
             if full:
-                dd = tf.matmul(tf.reshape(d1, (-1, d1.shape[-1])),
-                               tf.reshape(d2, (-1, d2.shape[-1])), transpose_b=True)
+                dd = tf.matmul(
+                    tf.reshape(d1, (-1, d1.shape[-1])),
+                    tf.reshape(d2, (-1, d2.shape[-1])),
+                    transpose_b=True,
+                )
             elif num_outputs == 1:
                 dd = tf.matmul(d1[:, 0], d2[:, 0], transpose_b=True)
             else:
@@ -267,11 +280,11 @@ class StructuredFeatures:
             if term.weight is not None:
                 factor = tf.matmul(a1, a2, transpose_b=True)
                 if term.weight_scale != 1.0:
-                    factor *= term.weight_scale ** 2
+                    factor *= term.weight_scale**2
                 if term.bias is not None:
-                    factor += term.bias_scale ** 2
+                    factor += term.bias_scale**2
             else:
-                factor = term.bias_scale ** 2
+                factor = term.bias_scale**2
             if full and term.weight is not None:
                 n1, n2 = tf.shape(a1)[0], tf.shape(a2)[0]
                 dd = tf.reshape(dd, (n1, num_outputs, n2, num_outputs))

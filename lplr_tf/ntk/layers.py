@@ -127,9 +127,10 @@ class NTKConv2D(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        outputs = keras.ops.conv(
-            inputs, self.kernel, strides=self.strides, padding=self.padding
-        ) * self.weight_scale
+        outputs = (
+            keras.ops.conv(inputs, self.kernel, strides=self.strides, padding=self.padding)
+            * self.weight_scale
+        )
         if self.bias is not None:
             outputs = outputs + self.bias * self.bias_scale
         return outputs
