@@ -26,6 +26,7 @@ Rules and normalizations (also recorded in the module constants below):
   departure_step is the first step where it exceeds `LINEARIZED_DEPARTURE`.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -221,28 +222,55 @@ def _sharpness(rows, learning_rate):
     }
 
 
-def summarize(
-    rows,
-    *,
-    learning_rate,
-    l_star=0.0,
-    tolerance=1e-6,
-    loss_bound=None,
-    window=None,
-    kernel_drift_bound=0.5,
-    num_steps=None,
-):
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The analysis settings of a run (gin: `analysis.Settings.tolerance = 1e-8`, ...).
+
+    Attributes:
+      l_star: The optimal loss L* (0 for interpolation).
+      tolerance: Converged when L − L* ≤ tolerance at a logged step.
+      loss_bound: Diverged above this loss; None: 1e6 × max(L_0, tolerance).
+      fit_window: Optional (first_step, last_step) overriding the automatic stable window.
+      kernel_drift_bound: The run is in the local regime while every probe's
+        ‖K_t − K_0‖_F/‖K_0‖_F ≤ this bound (and λ_min(K_t) > 0).
+    """
+
+    l_star: float = 0.0
+    tolerance: float = 1e-6
+    loss_bound: float | None = None
+    fit_window: tuple | None = None
+    kernel_drift_bound: float = 0.5
+
+    def __post_init__(self):
+        window = self.fit_window
+        if window is not None:
+            if len(window) != 2 or window[0] > window[1]:
+                raise ValueError(
+                    f"analysis.Settings.fit_window = {window!r}; expected (first_step, "
+                    "last_step) with first ≤ last, or None for the automatic window."
+                )
+            object.__setattr__(self, "fit_window", (int(window[0]), int(window[1])))
+
+    def as_dict(self):
+        """The settings as the JSON-ready dict stored in summary.json's `settings`."""
+        fields = dataclasses.asdict(self)
+        fields["fit_window"] = None if self.fit_window is None else list(self.fit_window)
+        return fields
+
+    @classmethod
+    def from_dict(cls, stored):
+        """Settings from a summary's `settings` dict; unknown keys are ignored."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in stored.items() if key in names})
+
+
+def summarize(rows, *, learning_rate, settings=None, num_steps=None):
     """Summarizes a run's metric history (see the module docstring for every rule).
 
     Args:
       rows: List of metric dicts sorted by `step` (rows of metrics.jsonl).
       learning_rate: The GD step size η (> 0).
-      l_star: The optimal loss L* (0 for interpolation).
-      tolerance: Converged when L − L* ≤ tolerance at a logged step.
-      loss_bound: Diverged above this loss; default 1e6 × max(L_0, tolerance).
-      window: Optional (start_step, end_step) overriding the automatic stable window.
-      kernel_drift_bound: The run is in the local regime while every probe's
-        ‖K_t − K_0‖_F/‖K_0‖_F ≤ this bound (and λ_min(K_t) > 0).
+      settings: The analysis `Settings` (default: Settings()).
       num_steps: Planned steps; when given and the last logged step is below it and the run
         neither converged nor diverged, status is `incomplete` instead of `max_steps`.
 
@@ -252,8 +280,7 @@ def summarize(
       pl_ratio, drift, ntk, sharpness, bound, certificate, linearized, settings, verdict.
 
     Raises:
-      ValueError: empty history, a row without `step`, a non-positive learning rate or a
-        malformed window.
+      ValueError: empty history, a row without `step`, or a non-positive learning rate.
     """
     if not rows:
         raise ValueError(
@@ -270,13 +297,9 @@ def summarize(
             f"summarize: learning_rate={learning_rate!r}; expected a positive "
             "step size η. Pass the run's learning rate."
         )
-    if window is not None:
-        if len(window) != 2 or window[0] > window[1]:
-            raise ValueError(
-                f"summarize: window={window!r}; expected (start_step, end_step) "
-                "with start ≤ end, or None for the automatic window."
-            )
-        window = [int(window[0]), int(window[1])]
+    settings = settings or Settings()
+    l_star, tolerance, loss_bound = settings.l_star, settings.tolerance, settings.loss_bound
+    window, kernel_drift_bound = settings.fit_window, settings.kernel_drift_bound
     rows = sorted(rows, key=lambda row: int(row["step"]))
     status, status_step, bound_used, initial_loss = _status(rows, l_star, tolerance, loss_bound)
     last_step = int(rows[-1]["step"])
@@ -342,12 +365,8 @@ def summarize(
         ),
         "settings": {
             "learning_rate": float(learning_rate),
-            "l_star": float(l_star),
-            "tolerance": float(tolerance),
-            "loss_bound": loss_bound,
-            "window": window,
-            "kernel_drift_bound": float(kernel_drift_bound),
             "num_steps": num_steps,
+            **settings.as_dict(),
         },
     }
     divergence_loss = None

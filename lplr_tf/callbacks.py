@@ -370,11 +370,13 @@ class LPLRCallback(keras.callbacks.Callback):
         summary = analysis.summarize(
             self.history,
             learning_rate=learning_rate,
-            l_star=self.l_star,
-            tolerance=self.tolerance,
-            loss_bound=self.loss_bound,
-            window=self.fit_window,
-            kernel_drift_bound=self.kernel_drift_bound,
+            settings=analysis.Settings(
+                l_star=self.l_star,
+                tolerance=self.tolerance,
+                loss_bound=self.loss_bound,
+                fit_window=self.fit_window,
+                kernel_drift_bound=self.kernel_drift_bound,
+            ),
             num_steps=self._num_steps,
         )
         info = dict(self._info, learning_rate=float(learning_rate))

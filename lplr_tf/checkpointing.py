@@ -1,12 +1,12 @@
 """Resume after a crash or preemption, and one run per workdir.
 
-`RunCheckpoint` wraps `tf.train.CheckpointManager` under `workdir/checkpoints/`: it holds the
+`RunCheckpoint` wraps `tf.train.CheckpointManager` in the run directory's checkpoints/: it holds the
 model, the optimizer, the step, the probes' reference state (theta_0, K_0, the linearized
 prediction) and the data iterator. The manager writes its index file only after the data
 files, so a crash during a save leaves the previous checkpoint current; a checkpoint that
 still fails to restore (truncated on disk) is skipped for the one before it.
 
-`RunLock` is a lock file `workdir/run.lock` holding the pid and host of the live run.
+`RunLock` is the run directory's lock file (run.lock) holding the pid and host of the live run.
 """
 
 import json
@@ -17,11 +17,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-LOCK_FILE = "run.lock"
-
-
-class RunLockedError(ValueError):
-    """Another live process owns the workdir."""
+from lplr_tf.errors import RunLockedError
 
 
 def _process_alive(pid):
@@ -41,8 +37,8 @@ class RunLock:
     use by a live process (or by any process on another host, which cannot be checked).
     """
 
-    def __init__(self, workdir):
-        self.path = os.path.join(workdir, LOCK_FILE)
+    def __init__(self, run_dir):
+        self.path = run_dir.lock
         self.owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
 
     def __enter__(self):

@@ -9,7 +9,6 @@ checkpoint, keeps the metrics logged up to it, and continues; a finished run (su
 with a final status) returns its summary without training again.
 """
 
-import os
 import signal
 import threading
 import time
@@ -20,13 +19,14 @@ import tensorflow as tf
 from absl import logging
 
 # Importing configurables, data, models and protocols registers their gin configurables.
-from lplr_tf import analysis, configurables, data, models, plots, protocols, report, validation  # noqa: F401
+from lplr_tf import analysis, configurables, data, models, plots, protocols, validation  # noqa: F401
 from lplr_tf.checkpointing import RunCheckpoint, RunLock
 from lplr_tf.diagnostics import Diagnostics
 from lplr_tf.distribute import is_chief, is_multi_worker, make_strategy
 from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.models.batch_norm import calibrate_batch_norm
 from lplr_tf.numerics import make_numerics
+from lplr_tf.rundir import RunDirectory
 from lplr_tf.trainer import Interrupted, ProgressReporter, build_trainer, train
 
 
@@ -57,12 +57,13 @@ def _batches(dataset, protocol):
     return data.batch_pipeline(dataset, protocol.batch_size, seed=protocol.seed).repeat()
 
 
-def _own_workdir(workdir, strategy):
+def _own_run_dir(workdir, strategy):
     """The chief writes `workdir`; other workers of a cluster write workdir/workers/<task>."""
+    run_dir = RunDirectory(workdir)
     if is_chief(strategy):
-        return workdir
+        return run_dir
     resolver = strategy.cluster_resolver
-    return os.path.join(workdir, "workers", f"{resolver.task_type}_{resolver.task_id}")
+    return run_dir.worker(resolver.task_type, resolver.task_id)
 
 
 class _TerminationFlag:
@@ -203,24 +204,23 @@ def run(
         strategy.num_replicas_in_sync,
     )
 
-    workdir = _own_workdir(workdir, strategy)
-    os.makedirs(workdir, exist_ok=True)
-    settings = dict(
-        learning_rate=schedule.learning_rate,
+    run_dir = _own_run_dir(workdir, strategy).create()
+    settings = analysis.Settings(
         l_star=l_star,
         tolerance=tolerance,
         loss_bound=loss_bound,
-        window=fit_window,
+        fit_window=fit_window,
         kernel_drift_bound=kernel_drift_bound,
-        num_steps=schedule.num_steps,
     )
-    with RunLock(workdir):
-        finished = report.read_summary(workdir)
+    with RunLock(run_dir):
+        finished = run_dir.read_summary()
         if finished and finished.get("status") in analysis.FINAL_STATUSES:
-            logging.info("%s already finished (%s); nothing to do.", workdir, finished["status"])
+            logging.info(
+                "%s already finished (%s); nothing to do.", run_dir.path, finished["status"]
+            )
             return finished
         checkpoint = RunCheckpoint(
-            os.path.join(workdir, "checkpoints"),
+            run_dir.checkpoints,
             network=network,
             optimizer=trainer.optimizer,
             **({} if schedule.full_batch else {"iterator": batches}),
@@ -230,11 +230,10 @@ def run(
         rows = []
         if start_step is not None:
             diagnostics.restore_state()
-            rows = [r for r in report.read_metrics(workdir) if r["step"] <= start_step]
+            rows = [r for r in run_dir.read_metrics() if r["step"] <= start_step]
         operative_config = gin.operative_config_str()
-        with open(os.path.join(workdir, "operative_config.gin"), "w", encoding="utf-8") as file:
-            file.write(operative_config)
-        writer = MetricWriter.for_workdir(workdir, rows)
+        run_dir.write_operative_config(operative_config)
+        writer = MetricWriter.for_run(run_dir, rows)
         writer.write_text("operative_config", operative_config)
         progress = ProgressReporter(schedule.num_steps, l_star)
         elapsed_before = (rows[-1].get("wall_time") or 0.0) if rows else 0.0
@@ -276,12 +275,15 @@ def run(
         finally:
             writer.close()
 
-        summary = analysis.summarize(rows, **settings)
-        report.write_summary(workdir, summary)
-        title = f"{network.name} on {training_set.name}, {schedule.name}"
-        plots.plot_convergence(
-            rows, summary, os.path.join(workdir, report.CONVERGENCE_PLOT), title=title
+        summary = analysis.summarize(
+            rows,
+            learning_rate=schedule.learning_rate,
+            settings=settings,
+            num_steps=schedule.num_steps,
         )
+        run_dir.write_summary(summary)
+        title = f"{network.name} on {training_set.name}, {schedule.name}"
+        plots.plot_convergence(rows, summary, run_dir.convergence_plot, title=title)
         return summary
 
 

@@ -5,12 +5,12 @@ as it is written, so a crash loses at most the line being written (the reader sk
 truncated last line). Non-finite numbers are written as null: JSON has no NaN.
 """
 
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from lplr_tf.rundir import RunDirectory
 from lplr_tf.values import json_safe
 
 
@@ -36,22 +36,22 @@ class MetricWriter:
             os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
             temporary = metrics_path + ".tmp"
             with open(temporary, "w", encoding="utf-8") as file:
-                file.writelines(json.dumps(json_safe(r), sort_keys=True) + "\n" for r in kept_rows)
+                file.writelines(RunDirectory.format_row(r) for r in kept_rows)
             os.replace(temporary, metrics_path)
             self._file = open(metrics_path, "a", encoding="utf-8")
         if logdir:
             self._summary_writer = tf.summary.create_file_writer(os.fspath(logdir))
 
     @classmethod
-    def for_workdir(cls, workdir, kept_rows=()):
-        """The launcher's sinks: `workdir/metrics.jsonl` and `workdir/tb/`."""
-        return cls(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "tb"), kept_rows)
+    def for_run(cls, run_dir, kept_rows=()):
+        """The launcher's sinks: the run directory's metrics.jsonl and tb/."""
+        return cls(run_dir.metrics, run_dir.tensorboard, kept_rows)
 
     def write(self, row, eigenvalues=None):
         """Writes one row (a dict with an int `step`), and the NTK eigenvalues if given."""
         row = json_safe(row)
         if self._file is not None:
-            self._file.write(json.dumps(row, sort_keys=True) + "\n")
+            self._file.write(RunDirectory.format_row(row))
             self._file.flush()
         if self._summary_writer is None:
             return

@@ -5,157 +5,66 @@
 For each run directory the analysis settings come from the existing `summary.json`
 (`summary["settings"]`); `--learning_rate` / `--l_star` override them, or supply them when
 summary.json is missing. The summary is recomputed with `analysis.summarize`, written back
-with `write_summary` (the one writer of summary.json, shared with the launcher), and
+through `rundir.RunDirectory` (the one reader and writer of the run directory), and
 `plots/convergence.png` is redrawn; the verdict is printed. With several run directories a
 markdown comparison table is printed and `comparison.png` is drawn in `--output_dir`.
-
-The metrics reader tolerates a truncated last line (a crash mid-write) by skipping it, and
-keeps the last row of a step that appears twice (a resumed run that re-logged a step).
 """
 
 import argparse
-import inspect
-import json
 import os
 import sys
 
 from lplr_tf import analysis, plots, verdict
+from lplr_tf.rundir import RunDirectory
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CONVERGENCE_PLOT = os.path.join("plots", "convergence.png")
 COMPARISON_PLOT = "comparison.png"
-_SETTING_NAMES = tuple(
-    name
-    for name, parameter in inspect.signature(analysis.summarize).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-)
 
 
-def read_metrics(workdir):
-    """Reads `workdir/metrics.jsonl` into a list of dicts sorted by step.
+def stored_settings(run_dir, *, learning_rate=None, l_star=None):
+    """The arguments of `analysis.summarize` for a run directory, from its summary.json.
 
-    A last line that is not valid JSON (truncated by a crash) is skipped; a malformed line
-    elsewhere is an error. When a step appears more than once, the last row wins.
+    `learning_rate` and `l_star` override the stored values when given (not None).
 
-    Raises:
-      FileNotFoundError: the workdir has no metrics.jsonl.
-      ValueError: a malformed line before the last one, or a row without `step`.
-    """
-    path = os.path.join(os.fspath(workdir), METRICS_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path}: no metrics file; expected the metrics.jsonl that "
-            "lplr-train writes in every run directory. Check the workdir "
-            "path, or whether the run started logging."
-        )
-    with open(path, encoding="utf-8") as stream:
-        lines = [line for line in stream.read().split("\n") if line.strip()]
-    rows_by_step = {}
-    for number, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                break  # Truncated by a crash mid-write.
-            raise ValueError(
-                f"{path}:{number}: malformed JSON ({error}); expected one JSON "
-                "object per line. Remove or repair that line."
-            ) from error
-        if not isinstance(row, dict) or row.get("step") is None:
-            raise ValueError(
-                f"{path}:{number}: row {line[:80]!r} has no `step`; expected a "
-                "JSON object with an integer step. Remove or repair that line."
-            )
-        rows_by_step[int(row["step"])] = row
-    return [rows_by_step[step] for step in sorted(rows_by_step)]
-
-
-def read_summary(workdir):
-    """Returns the dict in `workdir/summary.json`, or None when there is none."""
-    path = os.path.join(os.fspath(workdir), SUMMARY_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as stream:
-        try:
-            return json.load(stream)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"{path}: malformed JSON ({error}); expected a summary written "
-                "by lplr_tf. Delete it and pass --learning_rate (and --l_star) "
-                "to recompute it."
-            ) from error
-
-
-def write_summary(workdir, summary):
-    """Writes `summary` to `workdir/summary.json` (indent=2, sorted keys, strict JSON).
-
-    The file is written to a temporary name and renamed, so a reader never sees half of it.
-    Returns the path written.
-    """
-    path = os.path.join(os.fspath(workdir), SUMMARY_FILE)
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as stream:
-        json.dump(summary, stream, indent=2, sort_keys=True, allow_nan=False)
-        stream.write("\n")
-    os.replace(temporary, path)
-    return path
-
-
-def analysis_settings(workdir, *, learning_rate=None, l_star=None):
-    """The keyword arguments of `analysis.summarize` for a run directory.
-
-    They come from `summary.json["settings"]`, with `learning_rate` and `l_star` overriding
-    them when given (not None).
+    Returns:
+      A dict with learning_rate, num_steps and settings (an `analysis.Settings`).
 
     Raises:
       ValueError: no learning rate is available from either source.
     """
-    previous = read_summary(workdir)
-    settings = {}
-    if previous is not None:
-        stored = previous.get("settings") or {}
-        settings = {name: stored[name] for name in _SETTING_NAMES if name in stored}
+    previous = run_dir.read_summary()
+    stored = dict((previous or {}).get("settings") or {})
     if learning_rate is not None:
-        settings["learning_rate"] = learning_rate
+        stored["learning_rate"] = learning_rate
     if l_star is not None:
-        settings["l_star"] = l_star
-    if settings.get("learning_rate") is None:
-        path = os.path.join(os.fspath(workdir), SUMMARY_FILE)
+        stored["l_star"] = l_star
+    if stored.get("learning_rate") is None:
         found = "has no settings.learning_rate" if previous is not None else "does not exist"
         raise ValueError(
-            f"{path} {found}; expected the run's analysis settings there or "
-            "the --learning_rate flag. Pass --learning_rate (and --l_star if "
-            "L* ≠ 0)."
+            f"{run_dir.summary} {found}; expected the run's analysis settings there or "
+            "the --learning_rate flag. Pass --learning_rate (and --l_star if L* ≠ 0)."
         )
-    return settings
+    return {
+        "learning_rate": stored["learning_rate"],
+        "num_steps": stored.get("num_steps"),
+        "settings": analysis.Settings.from_dict(stored),
+    }
 
 
 def report_run(workdir, *, learning_rate=None, l_star=None, plot=True):
     """Recomputes one run's summary.json (and plots/convergence.png); returns (rows, summary)."""
-    rows = read_metrics(workdir)
+    run_dir = RunDirectory(workdir)
+    rows = run_dir.read_metrics()
     if not rows:
         raise ValueError(
-            f"{os.path.join(os.fspath(workdir), METRICS_FILE)} holds no rows; "
-            "expected at least one logged step. Let the run log before "
-            "reporting on it."
+            f"{run_dir.metrics} holds no rows; expected at least one logged step. Let the "
+            "run log before reporting on it."
         )
-    settings = analysis_settings(workdir, learning_rate=learning_rate, l_star=l_star)
-    summary = analysis.summarize(rows, **settings)
-    write_summary(workdir, summary)
+    arguments = stored_settings(run_dir, learning_rate=learning_rate, l_star=l_star)
+    summary = analysis.summarize(rows, **arguments)
+    run_dir.write_summary(summary)
     if plot:
-        plots.plot_convergence(
-            rows,
-            summary,
-            os.path.join(os.fspath(workdir), CONVERGENCE_PLOT),
-            title=run_label(workdir),
-        )
+        plots.plot_convergence(rows, summary, run_dir.convergence_plot, title=run_dir.name)
     return rows, summary
-
-
-def run_label(workdir):
-    """The name of a run: its directory's base name."""
-    return os.path.basename(os.path.normpath(os.fspath(workdir)))
 
 
 def _cell(value, rate=False):
@@ -242,8 +151,8 @@ def main(argv=None, stdout=None):
             l_star=arguments.l_star,
             plot=not arguments.no_plots,
         )
-        print(f"{run_label(workdir)}: {summary['verdict']}", file=stdout)
-        runs.append((run_label(workdir), rows, summary))
+        print(f"{RunDirectory(workdir).name}: {summary['verdict']}", file=stdout)
+        runs.append((RunDirectory(workdir).name, rows, summary))
     if len(runs) > 1:
         print("", file=stdout)
         print(comparison_table([(label, summary) for label, _, summary in runs]), file=stdout)

@@ -50,7 +50,8 @@ import subprocess
 import sys
 import time
 
-from lplr_tf import analysis, report
+from lplr_tf import analysis
+from lplr_tf.rundir import RunDirectory
 from lplr_tf.sweep_report import CSV_FILE, MARKDOWN_FILE, plot_sweep, write_hparams, write_tables
 
 SMOKE_CONFIG = "smoke.gin"
@@ -283,7 +284,7 @@ def plan(gin_files, gin_bindings, grid, seeds, workdir, seed_parameter=None):
 def finished_summary(run_dir):
     """The run's summary when it ended with a final status, else None."""
     try:
-        summary = report.read_summary(run_dir)
+        summary = RunDirectory(run_dir).read_summary()
     except ValueError:
         return None
     if summary and summary.get("status") in analysis.FINAL_STATUSES:

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from lplr_tf import report
+from lplr_tf.rundir import RunDirectory
 
 CSV_FILE = "sweep.csv"
 MARKDOWN_FILE = "sweep.md"
@@ -209,7 +209,7 @@ def plot_sweep(workdir, runs, keys, labels):
     curves = []
     for run in done:
         try:
-            curves.append((run.name, report.read_metrics(run.workdir), run.summary))
+            curves.append((run.name, RunDirectory(run.workdir).read_metrics(), run.summary))
         except (FileNotFoundError, ValueError):
             continue
     if curves:
@@ -321,7 +321,7 @@ def write_hparams(workdir, runs, keys, labels):
             domain = by_label[label].domain.values
             values[by_label[label]] = value if value in domain else str(value)
         values[by_label["seed"]] = run.seed
-        writer = tf.summary.create_file_writer(os.path.join(run.workdir, "tb"))
+        writer = tf.summary.create_file_writer(RunDirectory(run.workdir).tensorboard)
         with writer.as_default(step=int(run.summary.get("steps") or 0)):
             hp.hparams(values, trial_id=run.name)
             for column in metric_columns:

@@ -6,9 +6,10 @@
 Flags: --gin_file (repeatable; a path, or the bare name of a config shipped in
 gin_configs/), --gin_bindings (repeatable), --workdir. Every other knob is a gin binding.
 
-Exit codes: 0 the run ended `converged` or `max_steps`; 1 an unexpected error (traceback);
-2 a configuration error (one message naming the value and the fix); 3 the run `diverged`;
-4 preempted (SIGTERM): a checkpoint was written, rerun the same command to resume.
+Exit codes (lplr_tf.errors): 0 the run ended `converged` or `max_steps`; 1 an unexpected
+error (traceback); 2 a configuration error (one message naming the value and the fix); 3 the
+run `diverged`; 4 preempted (SIGTERM): a checkpoint was written, rerun the same command to
+resume; 5 the workdir is locked by another live run.
 
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 """
@@ -21,11 +22,10 @@ import gin
 import importlib_resources
 from absl import app, flags, logging
 
+from lplr_tf import errors
+from lplr_tf.errors import ConfigError
+from lplr_tf.rundir import RunDirectory
 from lplr_tf.trainer import Interrupted
-
-EXIT_CONFIG_ERROR = 2
-EXIT_DIVERGED = 3
-EXIT_PREEMPTED = 4
 
 FLAGS = (
     flags.DEFINE_multi_string(
@@ -37,10 +37,6 @@ FLAGS = (
     flags.DEFINE_string("workdir", None, "Run directory for metrics, summary, plots, events."),
 )
 _GIN_FILES, _GIN_BINDINGS, _WORKDIR = FLAGS
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration error: printed as one message, exit code 2."""
 
 
 def shipped_configs_dir():
@@ -80,7 +76,10 @@ def parse_config(gin_files, gin_bindings):
         ) from error
     finally:
         logging.set_verbosity(verbosity)
-    asked = [f"# --gin_file={path}\n" + open(path, encoding="utf-8").read() for path in paths]
+    asked = []
+    for path in paths:
+        with open(path, encoding="utf-8") as stream:
+            asked.append(f"# --gin_file={path}\n" + stream.read())
     asked += ["# --gin_bindings\n" + "\n".join(gin_bindings)] if gin_bindings else []
     return "\n".join(asked) + "\n"
 
@@ -107,17 +106,14 @@ def launch(gin_files, gin_bindings, workdir):
 
     prepare_workdir(workdir)
     config_text = parse_config(gin_files, gin_bindings)
-    config_path = os.path.join(workdir, "config.gin")
-    if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as file:
-            if file.read() != config_text:
-                raise ConfigError(
-                    f"--workdir={workdir} holds a run started with another configuration (see "
-                    f"{config_path}); resuming needs the same --gin_file and --gin_bindings. "
-                    "Use a new --workdir for a new configuration."
-                )
-    with open(config_path, "w", encoding="utf-8") as file:
-        file.write(config_text)
+    run_dir = RunDirectory(workdir)
+    if run_dir.has_checkpoints() and run_dir.read_config() not in (None, config_text):
+        raise ConfigError(
+            f"--workdir={workdir} holds a run started with another configuration (see "
+            f"{run_dir.config}); resuming needs the same --gin_file and --gin_bindings. "
+            "Use a new --workdir for a new configuration."
+        )
+    run_dir.write_config(config_text)
     return experiment.run(workdir)
 
 
@@ -133,15 +129,18 @@ def main(argv):
     except ValueError as error:
         # Every ValueError of lplr_tf names the value, what was expected and the fix.
         logging.error("%s", error)
-        return EXIT_CONFIG_ERROR
+        return errors.EXIT_CONFIG_ERROR
+    except errors.RunLockedError as error:
+        logging.error("%s", error)
+        return errors.EXIT_LOCKED
     except Interrupted as interruption:
         logging.warning(
             "Preempted at step %d; rerun the same command to resume.", interruption.step
         )
-        return EXIT_PREEMPTED
-    logging.info("Summary written to %s", os.path.join(_WORKDIR.value, "summary.json"))
+        return errors.EXIT_PREEMPTED
+    logging.info("Summary written to %s", RunDirectory(_WORKDIR.value).summary)
     logging.info("%s", summary.get("verdict", summary["status"]))
-    return EXIT_DIVERGED if summary["status"] == "diverged" else 0
+    return errors.EXIT_DIVERGED if summary["status"] == "diverged" else errors.EXIT_OK
 
 
 def console_main():

@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 
 import lplr_tf
-from lplr_tf import data, plots, report
+from lplr_tf import data, plots
+from lplr_tf.rundir import RunDirectory
 
 
 def build_cnn(input_shape, filters, width, seed):
@@ -110,7 +111,7 @@ def main(argv=None):
     )
 
     summary = callback.summary()
-    report.write_summary(args.output_dir, summary)
+    RunDirectory(args.output_dir).write_summary(summary)
     plot_path = os.path.join(args.output_dir, "plots", "convergence.png")
     plots.plot_convergence(
         callback.history, summary, plot_path, title=f"{model.name} on {digits.name}"

@@ -21,7 +21,9 @@ def geometric_rows(rate=0.99, steps=200, every=10, initial=1.0, **extra):
 
 
 def test_geometric_loss_gives_exact_rate_and_r2():
-    summary = analysis.summarize(geometric_rows(rate=0.97), learning_rate=0.1, tolerance=1e-12)
+    summary = analysis.summarize(
+        geometric_rows(rate=0.97), learning_rate=0.1, settings=analysis.Settings(tolerance=1e-12)
+    )
     assert summary["fit"]["rate"] == pytest.approx(0.97, abs=1e-6)
     assert summary["fit"]["r2"] == pytest.approx(1.0, abs=1e-12)
     # The first quarter of the step span is skipped as a transient.
@@ -38,20 +40,24 @@ def test_transient_is_skipped_and_window_override():
     # A fast transient over the first 20 steps would bias the fit if included.
     rows[1]["loss"] = 0.3
     rows[2]["loss"] = 0.2
-    auto = analysis.summarize(rows, learning_rate=0.1, tolerance=1e-12)
+    auto = analysis.summarize(rows, learning_rate=0.1, settings=analysis.Settings(tolerance=1e-12))
     assert auto["fit"]["rate"] == pytest.approx(0.98, abs=1e-6)
-    forced = analysis.summarize(rows, learning_rate=0.1, tolerance=1e-12, window=(0, 300))
+    forced = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(tolerance=1e-12, fit_window=(0, 300))
+    )
     assert forced["fit"]["window"] == [0, 300]
     assert abs(forced["fit"]["rate"] - 0.98) > 1e-4
     assert forced["fit"]["r2"] < 1.0
-    assert forced["settings"]["window"] == [0, 300]
+    assert forced["settings"]["fit_window"] == [0, 300]
     with pytest.raises(ValueError, match="window"):
-        analysis.summarize(rows, learning_rate=0.1, window=(50, 10))
+        analysis.summarize(rows, learning_rate=0.1, settings=analysis.Settings(fit_window=(50, 10)))
 
 
 def test_converged_status_and_window_stops_at_floor():
     rows = geometric_rows(rate=0.9, steps=200, every=5)
-    summary = analysis.summarize(rows, learning_rate=0.1, tolerance=1e-6)
+    summary = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(tolerance=1e-6)
+    )
     first = min(s for s in range(0, 201, 5) if 0.9**s <= 1e-6)
     assert summary["status"] == "converged"
     assert summary["status_step"] == first
@@ -61,7 +67,9 @@ def test_converged_status_and_window_stops_at_floor():
 
 def test_l_star_is_subtracted():
     rows = [{"step": s, "loss": 0.5 + 0.95**s} for s in range(0, 101, 5)]
-    summary = analysis.summarize(rows, learning_rate=0.1, l_star=0.5, tolerance=1e-12)
+    summary = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(l_star=0.5, tolerance=1e-12)
+    )
     assert summary["fit"]["rate"] == pytest.approx(0.95, abs=1e-6)
     assert summary["l_star"] == 0.5
 
@@ -82,7 +90,9 @@ def test_diverged_status_and_step(bad):
 
 def test_explicit_loss_bound_and_incomplete_status():
     rows = geometric_rows(rate=1.01, steps=100, every=10)
-    summary = analysis.summarize(rows, learning_rate=0.1, loss_bound=2.0)
+    summary = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(loss_bound=2.0)
+    )
     assert summary["status"] == "diverged"
     assert summary["status_step"] == 70  # 1.01^70 ≈ 2.007 > 2
     running = analysis.summarize(geometric_rows(steps=100), learning_rate=0.1, num_steps=500)
@@ -99,7 +109,9 @@ def test_pl_ratio_statistics_against_numpy():
     rows[3]["pl_ratio"] = None
     rows[4]["pl_ratio"] = float("nan")
     kept = np.array([v for i, v in enumerate(values) if i not in (3, 4)])
-    summary = analysis.summarize(rows, learning_rate=0.1, tolerance=1e-12)
+    summary = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(tolerance=1e-12)
+    )
     assert summary["pl_ratio"]["min"] == pytest.approx(kept.min())
     assert summary["pl_ratio"]["median"] == pytest.approx(np.median(kept))
     start, end = summary["fit"]["window"]
@@ -142,7 +154,9 @@ def probe_rows(
 
 def test_bound_holds_when_faster_than_bound():
     # rho_bound = 1 − 0.1·0.2 = 0.98 > observed 0.97.
-    summary = analysis.summarize(probe_rows(0.97, 0.2), learning_rate=0.1, tolerance=1e-12)
+    summary = analysis.summarize(
+        probe_rows(0.97, 0.2), learning_rate=0.1, settings=analysis.Settings(tolerance=1e-12)
+    )
     bound = summary["bound"]
     assert bound["mu"] == pytest.approx(0.2)
     assert bound["rate_bound"] == pytest.approx(0.98)
@@ -155,10 +169,14 @@ def test_bound_lists_violating_steps():
     # A slow stretch: the loss between steps 50 and 60 contracts by 0.99^10 > 0.98^10.
     for row in rows[6:]:
         row["loss"] = 0.97**50 * 0.99**10 * 0.97 ** (row["step"] - 60)
-    summary = analysis.summarize(rows, learning_rate=0.1, tolerance=1e-12)
+    summary = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(tolerance=1e-12)
+    )
     assert summary["bound"]["holds"] is False
     assert summary["bound"]["violations"] == [60]
-    slow = analysis.summarize(probe_rows(0.99, 0.2), learning_rate=0.1, tolerance=1e-12)
+    slow = analysis.summarize(
+        probe_rows(0.99, 0.2), learning_rate=0.1, settings=analysis.Settings(tolerance=1e-12)
+    )
     assert slow["bound"]["violations"] == list(range(10, 101, 10))
 
 
@@ -193,12 +211,16 @@ def test_certificate_numbers_by_hand():
 
 def test_leaving_local_regime_on_kernel_drift():
     rows = probe_rows(0.97, 0.2, kernel_drift=0.2)
-    summary = analysis.summarize(rows, learning_rate=0.1, kernel_drift_bound=0.5)
+    summary = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(kernel_drift_bound=0.5)
+    )
     cert = summary["certificate"]
     assert cert["in_local_regime"] is False
     assert cert["left_step"] == 30  # 0.2·3 = 0.6 > 0.5
     assert summary["verdict"].startswith("Left the local regime at step 30: kernel drift 0.6")
-    stayed = analysis.summarize(rows, learning_rate=0.1, kernel_drift_bound=5.0)
+    stayed = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(kernel_drift_bound=5.0)
+    )
     assert stayed["verdict"].startswith("Stayed in a locally PL region")
 
 
@@ -248,7 +270,7 @@ def test_minimal_rows_are_none_safe():
         "l_star": 0.0,
         "tolerance": 1e-6,
         "loss_bound": None,
-        "window": None,
+        "fit_window": None,
         "kernel_drift_bound": 0.5,
         "num_steps": None,
     }
@@ -265,8 +287,16 @@ def test_rows_without_loss_key_and_bad_input():
 
 def test_summary_is_reproducible_from_its_settings():
     rows = probe_rows(0.97, 0.2)
-    first = analysis.summarize(rows, learning_rate=0.1, window=(20, 80), tolerance=1e-9)
-    again = analysis.summarize(rows, **first["settings"])
+    first = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(fit_window=(20, 80), tolerance=1e-9)
+    )
+    stored = first["settings"]
+    again = analysis.summarize(
+        rows,
+        learning_rate=stored["learning_rate"],
+        num_steps=stored["num_steps"],
+        settings=analysis.Settings.from_dict(stored),
+    )
     assert json.dumps(first, sort_keys=True) == json.dumps(again, sort_keys=True)
 
 

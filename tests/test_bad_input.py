@@ -5,9 +5,10 @@ import os
 import pytest
 from absl import flags
 
-from lplr_tf import experiment, protocols, train
+from lplr_tf import errors, experiment, protocols, train
 from lplr_tf.data import digits
 from lplr_tf.models.fc import build_model
+from lplr_tf.rundir import RunDirectory
 
 
 @pytest.mark.parametrize(
@@ -75,13 +76,12 @@ def test_huge_step_ends_diverged_with_summary_plots_and_exit_code_3(tmp_path):
         ]
     )
     try:
-        assert train.main(["lplr-train"]) == train.EXIT_DIVERGED
+        assert train.main(["lplr-train"]) == errors.EXIT_DIVERGED
     finally:
         flags.FLAGS.unparse_flags()
-    from lplr_tf import report
 
-    summary = report.read_summary(tmp_path)
+    summary = RunDirectory(tmp_path).read_summary()
     assert summary["status"] == "diverged"
-    assert summary["status_step"] == report.read_metrics(tmp_path)[-1]["step"] < 12
+    assert summary["status_step"] == RunDirectory(tmp_path).read_metrics()[-1]["step"] < 12
     assert summary["final_loss"] is not None  # the last finite loss
     assert os.path.getsize(tmp_path / "plots" / "convergence.png") > 0

@@ -16,8 +16,9 @@ import time
 
 import pytest
 
-from lplr_tf import report, train
+from lplr_tf import errors, train
 from lplr_tf.distribute import make_strategy
+from lplr_tf.rundir import RunDirectory
 
 BINDINGS = [
     "data.digits.n = 24",
@@ -45,12 +46,12 @@ RUN_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from lplr_tf import train
+    from lplr_tf import errors, train
     workdir, bindings = sys.argv[1], sys.argv[2:]
     try:
         train.launch(["digits_fc_gd.gin"], bindings, workdir)
     except train.Interrupted:
-        sys.exit(train.EXIT_PREEMPTED)
+        sys.exit(errors.EXIT_PREEMPTED)
 """)
 
 
@@ -86,7 +87,7 @@ def _assert_same_metrics(rows, expected_rows):
 def single_device(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("single")
     train.launch(["digits_fc_gd.gin"], BINDINGS, str(workdir))
-    return report.read_metrics(workdir)
+    return RunDirectory(workdir).read_metrics()
 
 
 def test_mirrored_over_two_cpus_equals_single_device(tmp_path, single_device):
@@ -95,7 +96,7 @@ def test_mirrored_over_two_cpus_equals_single_device(tmp_path, single_device):
         BINDINGS
         + ["distribute.strategy = 'mirrored'", "distribute.devices = ['/cpu:0', '/cpu:1']"],
     )
-    _assert_same_metrics(report.read_metrics(tmp_path), single_device)
+    _assert_same_metrics(RunDirectory(tmp_path).read_metrics(), single_device)
 
 
 def _free_ports(count):
@@ -129,7 +130,7 @@ def test_multi_worker_over_two_processes_equals_single_device(tmp_path, single_d
         for process in processes:  # a failed worker leaves its peer blocked in a collective
             process.kill()
             process.wait()
-    _assert_same_metrics(report.read_metrics(tmp_path), single_device)
+    _assert_same_metrics(RunDirectory(tmp_path).read_metrics(), single_device)
     assert os.path.isfile(tmp_path / "workers" / "worker_1" / "summary.json")
 
 
@@ -169,7 +170,7 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
             time.sleep(0.2)
         processes[1].send_signal(signal.SIGTERM)  # preempt the non-chief worker only
         outputs = [process.communicate(timeout=300)[0] for process in processes]
-        assert [p.returncode for p in processes] == [train.EXIT_PREEMPTED] * 2, outputs[0][-2000:]
+        assert [p.returncode for p in processes] == [errors.EXIT_PREEMPTED] * 2, outputs[0][-2000:]
         steps = [
             _latest_checkpoint_step(tmp_path),
             _latest_checkpoint_step(tmp_path / "workers" / "worker_1"),
@@ -183,7 +184,7 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
         for process in processes:  # a failed worker leaves its peer blocked in a collective
             process.kill()
             process.wait()
-    logged = [row["step"] for row in report.read_metrics(tmp_path)]
+    logged = [row["step"] for row in RunDirectory(tmp_path).read_metrics()]
     assert logged == list(range(0, 3001, 5))
 
 

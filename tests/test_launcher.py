@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from lplr_tf import train
+from lplr_tf import errors, train
 
 METRIC_KEYS = {"step", "loss", "grad_norm_sq", "pl_ratio", "drift", "relative_drift", "wall_time"}
 SUMMARY_KEYS = {
@@ -116,6 +116,6 @@ def test_main_returns_config_error_exit_code(tmp_path):
         ]
     )
     try:
-        assert train.main(["lplr-train"]) == train.EXIT_CONFIG_ERROR
+        assert train.main(["lplr-train"]) == errors.EXIT_CONFIG_ERROR
     finally:
         flags.FLAGS.unparse_flags()

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from lplr_tf import report, sweep, train
+from lplr_tf import sweep, train
+from lplr_tf.rundir import RunDirectory
 
 PROBE_KEYS = {
     "ntk_lambda_min",
@@ -29,7 +30,7 @@ PAPER_CONFIGS = (
 
 def _check_sgd_run(workdir, summary):
     assert summary["steps"] == 12
-    rows = report.read_metrics(workdir)
+    rows = RunDirectory(workdir).read_metrics()
     assert [row["step"] for row in rows] == [0, 4, 8, 12]
     for row in rows:  # smoke.gin probes every 4 steps on a 16-example probe subset
         assert PROBE_KEYS <= row.keys(), sorted(row)
@@ -56,7 +57,7 @@ def test_cifar10_resnet_sgd_smoke_on_mock_data(tmp_path):
             workdir,
         )
     assert summary["steps"] == 12
-    rows = report.read_metrics(workdir)
+    rows = RunDirectory(workdir).read_metrics()
     assert all({"ntk_lambda_min", "pl_ratio", "kernel_drift"} <= row.keys() for row in rows)
 
 

@@ -42,7 +42,9 @@ def test_plot_convergence_writes_png(tmp_path, keys):
     rows = full_rows()
     if keys is not None:
         rows = [{k: row[k] for k in keys} for row in rows]
-    summary = analysis.summarize(rows, learning_rate=0.1, tolerance=1e-12)
+    summary = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(tolerance=1e-12)
+    )
     path = tmp_path / "plots" / "convergence.png"
     plots.plot_convergence(rows, summary, path, title="demo")
     assert_png(path)

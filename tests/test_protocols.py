@@ -3,6 +3,7 @@
 import pytest
 
 from lplr_tf import protocols
+from lplr_tf.rundir import RunDirectory
 
 
 def test_gd_logs_step_zero_interval_and_last():
@@ -51,7 +52,7 @@ def test_impossible_combinations_are_named(protocol, message):
 
 
 def test_sgd_learning_rate_schedule_is_applied(tmp_path):
-    from lplr_tf import report, train
+    from lplr_tf import train
 
     # Step 0 uses 0.5, every later step 0: the weights move once, then never again.
     train.launch(
@@ -64,6 +65,6 @@ def test_sgd_learning_rate_schedule_is_applied(tmp_path):
         ],
         str(tmp_path),
     )
-    drifts = [row["drift"] for row in report.read_metrics(tmp_path)]
+    drifts = [row["drift"] for row in RunDirectory(tmp_path).read_metrics()]
     assert drifts[0] == 0.0 and drifts[1] > 0.0
     assert drifts[1] == drifts[2] == drifts[3]

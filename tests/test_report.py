@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from lplr_tf import analysis, report
+from lplr_tf.rundir import RunDirectory
 
 
 def make_workdir(root, name, rate=0.97, steps=100, with_summary=True, **settings):
@@ -31,16 +32,22 @@ def make_workdir(root, name, rate=0.97, steps=100, with_summary=True, **settings
     with open(workdir / "metrics.jsonl", "w") as stream:
         for row in rows:
             stream.write(json.dumps(row) + "\n")
-    settings.setdefault("learning_rate", 0.1)
-    summary = analysis.summarize(rows, **settings)
+    learning_rate = settings.pop("learning_rate", 0.1)
+    num_steps = settings.pop("num_steps", None)
+    summary = analysis.summarize(
+        rows,
+        learning_rate=learning_rate,
+        num_steps=num_steps,
+        settings=analysis.Settings(**settings),
+    )
     if with_summary:
-        report.write_summary(workdir, summary)
+        RunDirectory(workdir).write_summary(summary)
     return workdir, rows, summary
 
 
 def test_report_reproduces_summary_exactly(tmp_path):
     workdir, _, _ = make_workdir(
-        tmp_path, "run", tolerance=1e-9, window=(20, 90), num_steps=100, kernel_drift_bound=0.4
+        tmp_path, "run", tolerance=1e-9, fit_window=(20, 90), num_steps=100, kernel_drift_bound=0.4
     )
     before = (workdir / "summary.json").read_bytes()
     output = io.StringIO()
@@ -64,7 +71,9 @@ def test_flags_override_and_supply_settings(tmp_path):
         stdout=io.StringIO(),
     )
     written = json.loads((workdir / "summary.json").read_text())
-    assert written == analysis.summarize(rows, learning_rate=0.05, l_star=0.0)
+    assert written == analysis.summarize(
+        rows, learning_rate=0.05, settings=analysis.Settings(l_star=0.0)
+    )
     report.main([str(workdir), "--no_plots", "--learning_rate", "0.2"], stdout=io.StringIO())
     assert json.loads((workdir / "summary.json").read_text())["settings"]["learning_rate"] == 0.2
 
@@ -106,7 +115,7 @@ def test_missing_metrics_is_a_clear_error(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="empty/metrics.jsonl: no metrics file"):
-        report.read_metrics(empty)
+        RunDirectory(empty).read_metrics()
     monkeypatch.setattr(sys, "argv", ["lplr-report", str(empty)])
     with pytest.raises(SystemExit) as exit_info:
         report.console_main()
@@ -119,19 +128,19 @@ def test_truncated_last_line_is_skipped_and_duplicates_resolved(tmp_path):
     with open(workdir / "metrics.jsonl", "a") as stream:
         stream.write(json.dumps({"step": 100, "loss": 123.0}) + "\n")
         stream.write('{"step": 110, "loss": 0.0')
-    read = report.read_metrics(workdir)
+    read = RunDirectory(workdir).read_metrics()
     assert [row["step"] for row in read] == [row["step"] for row in rows]
     assert read[-1]["loss"] == 123.0
     (workdir / "metrics.jsonl").write_text(
         '{"step": 0, "loss": 1.0}\n{"step": 1,\n{"step": 2, "loss": 0.5}\n'
     )
     with pytest.raises(ValueError, match="metrics.jsonl:2: malformed JSON"):
-        report.read_metrics(workdir)
+        RunDirectory(workdir).read_metrics()
 
 
 def test_write_summary_is_strict_sorted_json(tmp_path):
-    path = report.write_summary(tmp_path, {"b": 1, "a": [1.5, None]})
+    path = RunDirectory(tmp_path).write_summary({"b": 1, "a": [1.5, None]})
     text = open(path).read()
     assert text == json.dumps({"a": [1.5, None], "b": 1}, indent=2, sort_keys=True) + "\n"
-    with pytest.raises(ValueError):
-        report.write_summary(tmp_path, {"a": float("nan")})
+    RunDirectory(tmp_path).write_summary({"a": float("nan"), "b": [float("inf")]})
+    assert json.loads(open(path).read()) == {"a": None, "b": [None]}  # JSON has no NaN

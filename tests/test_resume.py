@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from lplr_tf import checkpointing, report, train
+from lplr_tf import checkpointing, errors, rundir, train
+from lplr_tf.rundir import RunDirectory
 
 # 300 GD steps on 32 digits, a row every 10 steps, NTK probe and checkpoint every 50.
 BINDINGS = [
@@ -81,7 +82,7 @@ def _assert_close(actual, expected, path="summary"):
 def uninterrupted(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     summary = train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)
-    return summary, report.read_metrics(workdir)
+    return summary, RunDirectory(workdir).read_metrics()
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted):
@@ -92,7 +93,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted
     process.wait()
     assert not os.path.exists(os.path.join(workdir, "summary.json"))
     summary = train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)  # stale lock taken over
-    rows = report.read_metrics(workdir)
+    rows = RunDirectory(workdir).read_metrics()
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as file:
         logged_steps = [json.loads(line)["step"] for line in file]
     assert logged_steps == list(range(0, 301, 10))
@@ -111,10 +112,10 @@ def test_sigterm_writes_a_checkpoint_and_exits_4(tmp_path):
     process = _start(workdir)
     _wait_for_step(workdir, 60, process)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == train.EXIT_PREEMPTED
-    checkpoint = checkpointing.RunCheckpoint(os.path.join(workdir, "checkpoints"))
+    assert process.wait(timeout=120) == errors.EXIT_PREEMPTED
+    checkpoint = checkpointing.RunCheckpoint(RunDirectory(workdir).checkpoints)
     assert checkpoint.manager.latest_checkpoint is not None
-    assert not os.path.exists(os.path.join(workdir, checkpointing.LOCK_FILE))
+    assert not os.path.exists(os.path.join(workdir, rundir.LOCK_FILE))
     summary = train.launch(["digits_fc_gd.gin"], BINDINGS, workdir)
     assert summary["steps"] == 300
 
@@ -144,7 +145,7 @@ def test_second_run_on_a_live_workdir_is_refused(tmp_path):
     try:
         _wait_for_step(workdir, 0, process)
         with pytest.raises(
-            checkpointing.RunLockedError,
+            errors.RunLockedError,
             match=rf"--workdir={workdir} is in use by process {process.pid}",
         ):
             train.launch(["digits_fc_gd.gin"], long_run, workdir)
@@ -192,6 +193,6 @@ def test_sgd_resume_continues_the_batch_order(tmp_path):
             os.remove(os.path.join(checkpoints, name))
     summary = train.launch(["digits_fc_gd.gin"], bindings, workdir)
     _assert_close(summary, expected)
-    assert [r["loss"] for r in report.read_metrics(workdir)] == pytest.approx(
-        [r["loss"] for r in report.read_metrics(tmp_path / "straight")], rel=1e-5
+    assert [r["loss"] for r in RunDirectory(workdir).read_metrics()] == pytest.approx(
+        [r["loss"] for r in RunDirectory(tmp_path / "straight").read_metrics()], rel=1e-5
     )

@@ -8,6 +8,7 @@ import pytest
 from lplr_tf import experiment, protocols, report, train
 from lplr_tf.data import Dataset, teacher_student
 from lplr_tf.models.fc import build_model
+from lplr_tf.rundir import RunDirectory
 
 
 def _least_squares_problem(seed=0, num_examples=8, input_dim=20):
@@ -54,7 +55,7 @@ def test_step_above_two_over_sharpness_diverges(tmp_path):
     assert summary["status"] == "diverged"
     assert summary["status_step"] < 300
     assert summary["sharpness"]["edge_of_stability"] is True
-    rows = report.read_metrics(str(tmp_path))
+    rows = RunDirectory(str(tmp_path)).read_metrics()
     assert rows[-1]["step"] == summary["status_step"]
 
 
@@ -114,7 +115,7 @@ def test_pl_ratio_lies_in_the_ntk_band_at_every_probe(tmp_path):
         ],
         str(workdir),
     )
-    rows = report.read_metrics(workdir)
+    rows = RunDirectory(workdir).read_metrics()
     probed = [row for row in rows if "ntk_lambda_min" in row]
     assert [row["step"] for row in probed] == [0, 10, 20, 30, 37]  # and always the last step
     for row in probed:

@@ -1,0 +1,195 @@
+"""The run directory: its layout, and the one reader and writer of each file in it.
+
+    workdir/
+      config.gin             what was asked: the gin files and bindings, verbatim
+      operative_config.gin   what was used: every configurable parameter after defaults
+      metrics.jsonl          one JSON object per logged step (the source of truth)
+      summary.json           the convergence summary
+      plots/                 convergence.png (and the figures of lplr-report)
+      tb/                    TensorBoard events
+      checkpoints/           for resume after a crash or preemption
+      run.lock               present while a process runs on this workdir
+      workers/<task>/        the run directory of a non-chief worker of a cluster
+
+Every module that reads or writes these files goes through `RunDirectory`; nothing else
+spells a file name.
+"""
+
+import json
+import os
+
+from lplr_tf.values import json_safe
+
+CONFIG_FILE = "config.gin"
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PLOTS_DIR = "plots"
+CONVERGENCE_PLOT = "convergence.png"
+TENSORBOARD_DIR = "tb"
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = "run.lock"
+WORKERS_DIR = "workers"
+
+
+def write_atomically(path, text):
+    """Writes `text` to `path` through a temporary file and a rename: readers never see half."""
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
+
+
+class RunDirectory:
+    """The files of one run directory.
+
+    Args:
+      path: The directory (created by `create`, not by the constructor).
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def __repr__(self):
+        return f"RunDirectory({self.path!r})"
+
+    def _join(self, *parts):
+        return os.path.join(self.path, *parts)
+
+    @property
+    def config(self):
+        return self._join(CONFIG_FILE)
+
+    @property
+    def operative_config(self):
+        return self._join(OPERATIVE_CONFIG_FILE)
+
+    @property
+    def metrics(self):
+        return self._join(METRICS_FILE)
+
+    @property
+    def summary(self):
+        return self._join(SUMMARY_FILE)
+
+    @property
+    def plots(self):
+        return self._join(PLOTS_DIR)
+
+    @property
+    def convergence_plot(self):
+        return self._join(PLOTS_DIR, CONVERGENCE_PLOT)
+
+    @property
+    def tensorboard(self):
+        return self._join(TENSORBOARD_DIR)
+
+    @property
+    def checkpoints(self):
+        return self._join(CHECKPOINTS_DIR)
+
+    @property
+    def lock(self):
+        return self._join(LOCK_FILE)
+
+    @property
+    def name(self):
+        """The run's name: the directory's base name."""
+        return os.path.basename(os.path.normpath(self.path))
+
+    def worker(self, task_type, task_id):
+        """The run directory of a non-chief worker: workers/<task_type>_<task_id>/."""
+        return RunDirectory(self._join(WORKERS_DIR, f"{task_type}_{task_id}"))
+
+    def create(self):
+        os.makedirs(self.path, exist_ok=True)
+        return self
+
+    def has_checkpoints(self):
+        return os.path.isdir(self.checkpoints)
+
+    # config.gin and operative_config.gin ------------------------------------------------
+
+    def read_config(self):
+        """The text of config.gin, or None when there is none."""
+        if not os.path.isfile(self.config):
+            return None
+        with open(self.config, encoding="utf-8") as stream:
+            return stream.read()
+
+    def write_config(self, text):
+        write_atomically(self.config, text)
+
+    def write_operative_config(self, text):
+        write_atomically(self.operative_config, text)
+
+    # metrics.jsonl ------------------------------------------------------------------------
+
+    def read_metrics(self):
+        """Reads metrics.jsonl into a list of dicts sorted by step.
+
+        A last line that is not valid JSON (truncated by a crash) is skipped; a malformed
+        line elsewhere is an error. When a step appears more than once, the last row wins.
+
+        Raises:
+          FileNotFoundError: the directory has no metrics.jsonl.
+          ValueError: a malformed line before the last one, or a row without `step`.
+        """
+        path = self.metrics
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path}: no metrics file; expected the metrics.jsonl that lplr-train writes "
+                "in every run directory. Check the workdir path, or whether the run started "
+                "logging."
+            )
+        with open(path, encoding="utf-8") as stream:
+            lines = [line for line in stream.read().split("\n") if line.strip()]
+        rows_by_step = {}
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                if number == len(lines):
+                    break  # Truncated by a crash mid-write.
+                raise ValueError(
+                    f"{path}:{number}: malformed JSON ({error}); expected one JSON object per "
+                    "line. Remove or repair that line."
+                ) from error
+            if not isinstance(row, dict) or row.get("step") is None:
+                raise ValueError(
+                    f"{path}:{number}: row {line[:80]!r} has no `step`; expected a JSON object "
+                    "with an integer step. Remove or repair that line."
+                )
+            rows_by_step[int(row["step"])] = row
+        return [rows_by_step[step] for step in sorted(rows_by_step)]
+
+    @staticmethod
+    def format_row(row):
+        """One metrics.jsonl line (with its newline) for a row: sorted keys, strict JSON."""
+        return json.dumps(json_safe(row), sort_keys=True) + "\n"
+
+    # summary.json -------------------------------------------------------------------------
+
+    def read_summary(self):
+        """Returns the dict in summary.json, or None when there is none.
+
+        Raises:
+          ValueError: summary.json is not valid JSON.
+        """
+        if not os.path.isfile(self.summary):
+            return None
+        with open(self.summary, encoding="utf-8") as stream:
+            try:
+                return json.load(stream)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{self.summary}: malformed JSON ({error}); expected a summary written by "
+                    "lplr_tf. Delete it and pass --learning_rate (and --l_star) to lplr-report "
+                    "to recompute it."
+                ) from error
+
+    def write_summary(self, summary):
+        """Writes summary.json (indent 2, sorted keys, strict JSON) atomically; returns its path."""
+        text = json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False)
+        write_atomically(self.summary, text + "\n")
+        return self.summary
