@@ -10,6 +10,7 @@ metrics.jsonl) use `lplr_tf.analysis.summarize(rows, learning_rate=eta)`.
 import tensorflow as tf
 
 from lplr_tf.diagnostics import Diagnostics
+from lplr_tf.probing import Recorder, Schedule
 from lplr_tf.user_models import MeasuredNetwork, outside_strategy, probe_arrays, probe_targets
 
 _KEYS = (
@@ -25,12 +26,10 @@ _KEYS = (
 )
 
 
-def diagnose(
-    model, x, y, *, l_star=0.0, measure_sharpness=True, ntk_output_mode="full", measure_ntk=True
-):
+def diagnose(model, x, y, *, l_star=0.0, probe_settings=None):
     """Measures the LPLR quantities of a Keras model at its current weights on (x, y).
 
-    Conventions (DESIGN.md §1), on the n examples given: the squared loss
+    Conventions (docs/theory.md), on the n examples given: the squared loss
     L = 1/(2n) Σ_i ‖f(x_i) − y_i‖² (whatever loss the model was compiled with), its gradient
     over `model.trainable_variables`, the PL ratio q = ‖∇L‖² / (2 (L − L*)), the spectrum of
     the normalized NTK K = Θ/n with Θ = J Jᵀ (float32 kernel, float64 eigensolve; a
@@ -40,14 +39,13 @@ def diagnose(
 
     Args:
       model: A Keras model mapping (n, ...) to (n, O).
-      x: Inputs, array-like of shape (n, ...).
+      x: Inputs, array-like of shape (n, ...), or a finite `tf.data.Dataset` of (x, y)
+        batches (then pass y=None).
       y: Targets of shape (n, O) (or (n,) when O = 1), or integer class ids of shape (n,)
         for a model with O > 1 outputs (one-hot encoded).
       l_star: L* of the PL ratio.
-      measure_sharpness: Also compute the sharpness (Lanczos, 20 Hessian-vector products).
-      ntk_output_mode: "full" (the nO × nO kernel of the PL theory) or "trace" (n × n,
-        averaged over outputs).
-      measure_ntk: Compute the NTK spectrum (the expensive part for large n·O).
+      probe_settings: A `diagnostics.ProbeSettings` (default: NTK in "full" mode and the
+        sharpness).
 
     Returns:
       A dict with loss, grad_norm_sq, pl_ratio (None when L ≤ L*), and when measured
@@ -56,30 +54,20 @@ def diagnose(
       sharpness. Non-finite values are None.
 
     Raises:
-      ValueError: mismatched x and y, targets that do not match the model's outputs, or a
-        bad ntk_output_mode.
+      ValueError: mismatched x and y, or targets that do not match the model's outputs.
     """
-    if ntk_output_mode not in ("full", "trace"):
-        raise ValueError(
-            f"diagnose: ntk_output_mode={ntk_output_mode!r}; expected 'full' "
-            "(the nO x nO kernel) or 'trace' (n x n)."
-        )
-    x, y = probe_arrays((x, y), caller="diagnose")
+    probe_data = x if isinstance(x, tf.data.Dataset) and y is None else (x, y)
+    x, y = probe_arrays(probe_data, caller="diagnose")
 
     def measure():
         x_tensor = tf.constant(x)
         measured = MeasuredNetwork(model, x_tensor[:1])
         targets = tf.constant(probe_targets(y, measured.num_outputs(x_tensor[:1]), "diagnose"))
         diagnostics = Diagnostics(
-            measured.network,
-            x_tensor,
-            targets,
-            l_star=l_star,
-            measure_ntk=measure_ntk,
-            ntk_output_mode=ntk_output_mode,
-            measure_sharpness=measure_sharpness,
+            measured.network, (x_tensor, targets), settings=probe_settings, l_star=l_star
         )
-        return diagnostics.measure(0, probe=True)
+        recorder = Recorder(diagnostics, Schedule(log_every=1, probe_every=1))
+        return recorder.record(0, probe=True).row
 
     row = outside_strategy(measure)
     return {key: row[key] for key in _KEYS if key in row}

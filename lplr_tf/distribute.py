@@ -1,10 +1,13 @@
 """The tf.distribute strategy of a run, chosen by gin.
 
-    distribute.strategy = 'default' | 'mirrored' | 'multi_worker' | 'tpu'
-    distribute.devices = ['/gpu:0', '/gpu:1']        # mirrored (default: every GPU, or CPU)
-    distribute.tpu = 'my-tpu'                         # tpu: name or grpc:// address ('local'
-    distribute.zone = 'us-central2-b'                 #      on a TPU VM); zone and project
-    distribute.project = 'my-project'                 #      only for a remote TPU by name
+    experiment.run.strategy = @distribute.default       # one device (the default)
+    experiment.run.strategy = @distribute.mirrored      # several GPUs on one host
+    distribute.mirrored.devices = ['/gpu:0', '/gpu:1']  #   (default: every GPU, or the CPU)
+    experiment.run.strategy = @distribute.multi_worker  # several hosts (TF_CONFIG)
+    experiment.run.strategy = @distribute.tpu           # a TPU
+    distribute.tpu.address = 'my-tpu'                   #   name or grpc:// address ('local'
+    distribute.tpu.zone = 'us-central2-b'               #   on a TPU VM); zone and project
+    distribute.tpu.project = 'my-project'               #   only for a remote TPU by name
 
 `multi_worker` reads the cluster from the TF_CONFIG environment variable of each process.
 Everything that builds models or steps runs under `strategy.scope()` and never asks which
@@ -17,14 +20,12 @@ import os
 import gin
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
 
 def _check_tf_config():
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise ValueError(
-            "distribute.strategy = 'multi_worker' needs the TF_CONFIG environment variable "
+            "distribute.multi_worker needs the TF_CONFIG environment variable "
             '(the cluster and this process\'s task), e.g. TF_CONFIG=\'{"cluster": {"worker": '
             '["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\'.'
         )
@@ -38,45 +39,52 @@ def _check_tf_config():
         ) from error
 
 
-def _tpu_strategy(tpu, zone, project):
-    if tpu is None:
+def _tpu_strategy(address, zone, project):
+    if address is None:
         raise ValueError(
-            "distribute.strategy = 'tpu' needs distribute.tpu: the TPU name, a grpc:// address, "
+            "distribute.tpu needs distribute.tpu.address: the TPU name, a grpc:// address, "
             "or 'local' on a TPU VM."
         )
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-            tpu=tpu, zone=zone, project=project
+            tpu=address, zone=zone, project=project
         )
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(
-            f"No TPU reachable at distribute.tpu = {tpu!r} (zone = {zone!r}, project = "
-            f"{project!r}): {str(error).splitlines()[0] if str(error) else type(error).__name__}. "
-            "On a TPU VM use distribute.tpu = 'local'; for a remote TPU give its name with zone "
-            "and project, or its grpc://host:port address."
+            f"No TPU reachable at distribute.tpu.address = {address!r} (zone = {zone!r}, "
+            f"project = {project!r}): {reason}. On a TPU VM use distribute.tpu.address = "
+            "'local'; for a remote TPU give its name with zone and project, or its "
+            "grpc://host:port address."
         ) from error
     return tf.distribute.TPUStrategy(resolver)
 
 
-@gin.configurable("distribute")
-def make_strategy(strategy="default", devices=None, tpu=None, zone=None, project=None):
-    """Returns the tf.distribute.Strategy named by `strategy`.
+@gin.configurable(module="distribute")
+def default():
+    """The default strategy: one device (the first GPU when there is one, else the CPU)."""
+    return tf.distribute.get_strategy()
 
-    Raises:
-      ValueError: an unknown strategy, a missing or malformed TF_CONFIG, or no reachable TPU.
-    """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"distribute.strategy = {strategy!r}; expected one of {STRATEGIES}.")
-    if strategy == "default":
-        return tf.distribute.get_strategy()
-    if strategy == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if strategy == "multi_worker":
-        _check_tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return _tpu_strategy(tpu, zone, project)
+
+@gin.configurable(module="distribute")
+def mirrored(devices=None):
+    """Data-parallel replicas on one host (`distribute.mirrored.devices`; default every GPU)."""
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+@gin.configurable(module="distribute")
+def multi_worker():
+    """Data-parallel replicas over several hosts, the cluster read from TF_CONFIG."""
+    _check_tf_config()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+@gin.configurable(module="distribute")
+def tpu(address=None, zone=None, project=None):
+    """A TPU: its name or grpc:// address (`'local'` on a TPU VM), zone and project."""
+    return _tpu_strategy(address, zone, project)
 
 
 def is_chief(strategy):

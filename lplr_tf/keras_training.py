@@ -8,7 +8,8 @@ and its learning rate; `CAVEAT` is the text a summary carries when it is not.
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+from lplr_tf.losses import HalfSquaredError
 
 # The text of the summary's `caveat` field; `{reasons}` and `{learning_rate}` are filled in.
 CAVEAT = (
@@ -25,26 +26,7 @@ CAVEAT = (
 )
 
 _MSE_NAMES = ("mse", "mean_squared_error", "meansquarederror")
-_REDUCTION = "sum_over_batch_size"
-
-
-class HalfSquaredError(keras.losses.Loss):
-    """The squared loss of the LPLR theory as a Keras loss: 1/(2n) Σ_i ‖f(x_i) − y_i‖².
-
-    Per example 0.5·Σ_o (f_o − y_o)² (summed over the last axis), averaged over the batch by
-    the default reduction. Compile with it to train on exactly the loss the probes measure:
-    `model.compile(optimizer=keras.optimizers.SGD(eta), loss=HalfSquaredError())`.
-    """
-
-    def __init__(self, name="half_squared_error", reduction=_REDUCTION, dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-
-    def call(self, y_true, y_pred):
-        y_pred = tf.convert_to_tensor(y_pred)
-        y_true = tf.cast(y_true, y_pred.dtype)
-        return 0.5 * tf.reduce_sum(
-            tf.square(y_pred - tf.reshape(y_true, tf.shape(y_pred))), axis=-1
-        )
+_REDUCTION = HalfSquaredError.REDUCTION
 
 
 def loss_name(loss):

@@ -8,6 +8,7 @@
       plots/                 convergence.png (and the figures of lplr-report)
       tb/                    TensorBoard events
       checkpoints/           for resume after a crash or preemption
+      reference.npz          K₀ and r₀ of the first NTK probe, stored once (for resume)
       run.lock               present while a process runs on this workdir
       workers/<task>/        the run directory of a non-chief worker of a cluster
 
@@ -17,6 +18,8 @@ spells a file name.
 
 import json
 import os
+
+import numpy as np
 
 from lplr_tf.values import json_safe
 
@@ -28,6 +31,7 @@ PLOTS_DIR = "plots"
 CONVERGENCE_PLOT = "convergence.png"
 TENSORBOARD_DIR = "tb"
 CHECKPOINTS_DIR = "checkpoints"
+REFERENCE_FILE = "reference.npz"
 LOCK_FILE = "run.lock"
 WORKERS_DIR = "workers"
 
@@ -87,6 +91,10 @@ class RunDirectory:
     @property
     def checkpoints(self):
         return self._join(CHECKPOINTS_DIR)
+
+    @property
+    def reference(self):
+        return self._join(REFERENCE_FILE)
 
     @property
     def lock(self):
@@ -193,3 +201,18 @@ class RunDirectory:
         text = json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False)
         write_atomically(self.summary, text + "\n")
         return self.summary
+
+    # reference.npz ------------------------------------------------------------------------
+
+    def save_reference(self, arrays):
+        """Stores the probes' reference arrays (K₀, r₀) once, atomically (NumPy .npz)."""
+        temporary = self.reference + ".tmp.npz"
+        np.savez(temporary, **arrays)
+        os.replace(temporary, self.reference)
+
+    def load_reference(self):
+        """The arrays of reference.npz as a dict, or {} when there is none (never unpickles)."""
+        if not os.path.isfile(self.reference):
+            return {}
+        with np.load(self.reference, allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}

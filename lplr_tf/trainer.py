@@ -1,6 +1,6 @@
 """The trainer: a Keras model with a custom squared-loss `train_step`, and the step loop.
 
-Training minimizes the squared loss of DESIGN.md §1 on each batch B,
+Training minimizes the squared loss (losses.py) on each batch B,
 
     L_B(theta) = 1 / (2 |B|) * sum_{i in B} || f(x_i; theta) - y_i ||^2,
 
@@ -17,6 +17,9 @@ import time
 import keras
 import tensorflow as tf
 from absl import logging
+
+from lplr_tf.losses import HalfSquaredError, squared_loss
+from lplr_tf.preemption import Interrupted
 
 
 class Trainer(keras.Model):
@@ -47,8 +50,7 @@ class Trainer(keras.Model):
         local_size = tf.cast(tf.shape(inputs)[0], tf.float32)
         global_size = tf.distribute.get_replica_context().all_reduce("sum", local_size)
         with tf.GradientTape() as tape:
-            residual = tf.cast(self.network(inputs, training=True), tf.float32) - targets
-            loss = 0.5 * tf.reduce_sum(tf.square(residual)) / global_size
+            loss = squared_loss(self.network(inputs, training=True), targets, global_size)
         variables = self.network.trainable_variables
         self.optimizer.apply(tape.gradient(loss, variables), variables)
         self.loss_tracker.update_state(loss)
@@ -63,6 +65,9 @@ def build_trainer(network, learning_rate, jit_compile, learning_rate_schedule=No
     trainer = Trainer(network)
     trainer.compile(
         optimizer=keras.optimizers.SGD(learning_rate=learning_rate_schedule or learning_rate),
+        # Declares what `train_step` minimizes (it computes the loss itself), so that tools
+        # reading `model.loss`, such as LPLRCallback, see the squared loss L.
+        loss=HalfSquaredError(),
         jit_compile=jit_compile,
     )
     trainer.optimizer.build(network.trainable_variables)
@@ -103,39 +108,28 @@ class ProgressReporter:
         )
 
 
-class Interrupted(Exception):
-    """Training stopped early on request (SIGTERM); `step` is where the weights are."""
-
-    def __init__(self, step):
-        super().__init__(f"interrupted at step {step}")
-        self.step = step
-
-
 def train(
     trainer,
     batches,
-    protocol,
-    on_log,
+    num_steps,
+    on_step,
     *,
     strategy,
     start_step=0,
-    resumed=False,
     interrupted=lambda: False,
     jit_compile=False,
 ):
-    """Runs the step loop from `start_step` to `protocol.num_steps`.
+    """Runs the step loop from `start_step` to `num_steps`.
 
     Args:
       trainer: A compiled `Trainer` built under `strategy.scope()`.
       batches: An iterator of distributed (x, y) batches (from
         `strategy.experimental_distribute_dataset`).
-      protocol: The `Protocol` (num_steps and the log schedule).
-      on_log: Callable(step) -> bool, called at `start_step` (unless resumed: it was logged
-        before) and at every log step after an update; it measures and records, and returns
-        True to stop (converged, diverged).
+      num_steps: The last step.
+      on_step: Callable(step) -> bool, called after every update with the step the weights
+        are now at; it measures when due and returns True to stop (converged, diverged).
       strategy: The tf.distribute strategy the trainer was built under.
       start_step: The step the weights are at (0, or the resumed step).
-      resumed: Whether `start_step` was already logged by an earlier process.
       interrupted: Callable() -> bool polled after every step (e.g. SIGTERM received).
       jit_compile: XLA for the step function.
 
@@ -143,7 +137,8 @@ def train(
       The last step reached.
 
     Raises:
-      Interrupted: when `interrupted()` became true; its `step` is where the weights are.
+      preemption.Interrupted: when `interrupted()` became true; its `step` is where the
+        weights are.
     """
 
     @tf.function(jit_compile=jit_compile)
@@ -151,12 +146,10 @@ def train(
         strategy.run(trainer.train_step, args=(batch,))
 
     step = start_step
-    if not resumed and on_log(step):
-        return step
-    while step < protocol.num_steps:
+    while step < num_steps:
         step_function(next(batches))
         step += 1
-        if protocol.is_log_step(step) and on_log(step):
+        if on_step(step):
             break
         if interrupted():
             raise Interrupted(step)

@@ -4,6 +4,7 @@ Gin passes whatever the user wrote (`fc.build_model.width = 'wide'`); without th
 bad type surfaces as an obscure error deep inside Keras or NumPy.
 """
 
+import math
 import numbers
 
 
@@ -20,9 +21,32 @@ def integer(name, value, minimum):
 
 
 def positive_number(name, value):
-    """Returns `value` as a float > 0, or raises naming the setting, the value and the fix."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+    """Returns `value` as a finite float > 0, or raises naming the setting, value and fix."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
         raise ValueError(
-            f"{name} = {value!r}; expected a positive number. Fix the binding, e.g. {name} = 0.1."
+            f"{name} = {value!r}; expected a finite positive number. Fix the binding, e.g. "
+            f"{name} = 0.1."
         )
     return float(value)
+
+
+def boolean(name, value):
+    """Returns `value` when it is True or False, or raises naming the setting and the fix.
+
+    Gin passes strings and numbers through unchanged: `measure_ntk = 'no'` would be truthy.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{name} = {value!r}; expected True or False. Fix the binding, e.g. {name} = False."
+        )
+    return value
+
+
+def choice(name, value, choices):
+    """Returns `value` when it is one of `choices`, or raises naming the setting and the fix."""
+    if value not in choices:
+        raise ValueError(
+            f"{name} = {value!r}; expected one of {', '.join(map(repr, choices))}. Fix the "
+            f"binding, e.g. {name} = {choices[0]!r}."
+        )
+    return value

@@ -21,6 +21,7 @@ import keras
 
 import lplr_tf
 from lplr_tf import data, plots
+from lplr_tf.diagnostics import ProbeSettings
 from lplr_tf.rundir import RunDirectory
 
 
@@ -96,7 +97,7 @@ def main(argv=None):
     callback = lplr_tf.LPLRCallback(
         (digits.x, digits.y),  # the probe set: here the whole training set (full-batch GD)
         every_n_steps=every,
-        measure_sharpness=not args.smoke,
+        probe_settings=ProbeSettings(measure_sharpness=not args.smoke),
         logdir=os.path.join(args.output_dir, "tb"),
         metrics_path=os.path.join(args.output_dir, "metrics.jsonl"),
     )

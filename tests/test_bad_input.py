@@ -5,7 +5,7 @@ import os
 import pytest
 from absl import flags
 
-from lplr_tf import errors, experiment, protocols, train
+from lplr_tf import errors, experiment, protocol, train
 from lplr_tf.data import digits
 from lplr_tf.models.fc import build_model
 from lplr_tf.rundir import RunDirectory
@@ -61,7 +61,7 @@ def test_model_output_that_does_not_match_the_targets_is_named(tmp_path):
             str(tmp_path),
             dataset=lambda: digits(n=16),
             model=lambda input_shape, output_dim: build_model(input_shape, 3, width=8),
-            protocol=lambda: protocols.gd(num_steps=2),
+            protocol=lambda: protocol.gd(num_steps=2),
         )
 
 

@@ -8,9 +8,11 @@ import pytest
 import tensorflow as tf
 
 import lplr_tf
-from lplr_tf import experiment, protocols
-from lplr_tf.callbacks import CAVEAT, HalfSquaredError
+from lplr_tf import experiment, protocol
 from lplr_tf.data import Dataset
+from lplr_tf.diagnostics import ProbeSettings
+from lplr_tf.keras_training import CAVEAT
+from lplr_tf.losses import HalfSquaredError
 from lplr_tf.models.fc import build_model
 
 LEARNING_RATE, NUM_STEPS, LOG_EVERY, WIDTH = 0.4, 12, 3, 16
@@ -72,10 +74,9 @@ def test_callback_matches_launcher_gd(tmp_path, loss):
         str(tmp_path / "launcher"),
         dataset=lambda: dataset,
         model=_launcher_model,
-        protocol=lambda: protocols.gd(
+        protocol=lambda: protocol.gd(
             learning_rate=LEARNING_RATE, num_steps=NUM_STEPS, log_every=LOG_EVERY
         ),
-        measure_sharpness=True,
     )
     with open(tmp_path / "launcher" / "metrics.jsonl", encoding="utf-8") as file:
         launcher_rows = [json.loads(line) for line in file]
@@ -90,7 +91,7 @@ def test_callback_matches_launcher_gd(tmp_path, loss):
     callback = lplr_tf.LPLRCallback(
         (dataset.x, dataset.y),
         every_n_steps=LOG_EVERY,
-        measure_sharpness=True,
+        probe_settings=ProbeSettings(measure_sharpness=True),
         metrics_path=str(tmp_path / "cb" / "metrics.jsonl"),
         logdir=str(tmp_path / "cb" / "tb"),
     )
@@ -198,7 +199,9 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 import numpy as np
 import lplr_tf
+from lplr_tf.diagnostics import ProbeSettings
 
+NO_SHARPNESS = ProbeSettings(measure_sharpness=False)
 rng = np.random.default_rng(0)
 x = rng.standard_normal((12, 4)).astype(np.float32)
 y = rng.standard_normal((12, 2)).astype(np.float32)
@@ -213,15 +216,15 @@ def run(strategy, fit_in_scope):
             initial = model.get_weights()
         model.set_weights(initial)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    callback = lplr_tf.LPLRCallback((x, y), every_n_steps=2, measure_sharpness=True)
+    callback = lplr_tf.LPLRCallback((x, y), every_n_steps=2, probe_settings=ProbeSettings())
     kwargs = dict(batch_size=12, epochs=6, shuffle=False, verbose=0, callbacks=[callback])
     if fit_in_scope:
         with strategy.scope():
             model.fit(x, y, **kwargs)
-            diagnosed = lplr_tf.diagnose(model, x, y, measure_sharpness=False)
+            diagnosed = lplr_tf.diagnose(model, x, y, probe_settings=NO_SHARPNESS)
     else:
         model.fit(x, y, **kwargs)
-        diagnosed = lplr_tf.diagnose(model, x, y, measure_sharpness=False)
+        diagnosed = lplr_tf.diagnose(model, x, y, probe_settings=NO_SHARPNESS)
     kind = type(model.trainable_variables[0].value).__name__
     return {"history": callback.history, "summary": callback.summary(), "diagnose": diagnosed,
             "variable": kind}

@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 import lplr_tf
+from lplr_tf.diagnostics import ProbeSettings as PROBE
+
+NO_SHARPNESS = PROBE(measure_sharpness=False)
 
 
 def _linear(input_dim, output_dim, seed=0):
@@ -60,33 +63,37 @@ def test_diagnose_matches_linear_closed_forms():
 def test_diagnose_trace_mode_targets_and_options():
     x, y = _data(6, 3, 1, seed=2)
     model = _linear(3, 1)
-    flat = lplr_tf.diagnose(model, x, y[:, 0], ntk_output_mode="trace", measure_sharpness=False)
-    full = lplr_tf.diagnose(model, x, y, measure_sharpness=False)
+    flat = lplr_tf.diagnose(
+        model, x, y[:, 0], probe_settings=PROBE(ntk_output_mode="trace", measure_sharpness=False)
+    )
+    full = lplr_tf.diagnose(model, x, y, probe_settings=NO_SHARPNESS)
     assert "sharpness" not in flat
     for key in ("loss", "grad_norm_sq", "ntk_lambda_min", "ntk_lambda_max"):
         np.testing.assert_allclose(flat[key], full[key], rtol=1e-6)
-    no_ntk = lplr_tf.diagnose(model, x, y, measure_ntk=False, measure_sharpness=False)
+    no_ntk = lplr_tf.diagnose(
+        model, x, y, probe_settings=PROBE(measure_ntk=False, measure_sharpness=False)
+    )
     assert set(no_ntk) == {"loss", "grad_norm_sq", "pl_ratio"}
 
     # Integer class ids are one-hot encoded for a model with O > 1 outputs.
     classifier = _linear(3, 4)
     labels = np.array([0, 3, 1, 2, 2, 0])
-    by_id = lplr_tf.diagnose(classifier, x, labels, measure_sharpness=False)
+    by_id = lplr_tf.diagnose(classifier, x, labels, probe_settings=NO_SHARPNESS)
     one_hot = lplr_tf.diagnose(
-        classifier, x, np.eye(4, dtype=np.float32)[labels], measure_sharpness=False
+        classifier, x, np.eye(4, dtype=np.float32)[labels], probe_settings=NO_SHARPNESS
     )
     np.testing.assert_allclose(by_id["loss"], one_hot["loss"], rtol=1e-6)
 
     with pytest.raises(ValueError, match=r"expected \(n, O\) = \(6, 4\)"):
         lplr_tf.diagnose(classifier, x, y)
-    with pytest.raises(ValueError, match="ntk_output_mode"):
-        lplr_tf.diagnose(model, x, y, ntk_output_mode="diag")
+    with pytest.raises(ValueError, match="ntk_output_mode = 'diag'"):
+        PROBE(ntk_output_mode="diag")
 
 
 def test_summarize_is_public_on_a_callback_history():
     x, y = _data(8, 3, 1, seed=4)
     model = _linear(3, 1)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=lplr_tf.callbacks.HalfSquaredError())
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=lplr_tf.losses.HalfSquaredError())
     callback = lplr_tf.LPLRCallback((x, y), every_n_steps=5)
     model.fit(x, y, batch_size=8, epochs=20, shuffle=False, verbose=0, callbacks=[callback])
     summary = lplr_tf.analysis.summarize(callback.history, learning_rate=0.1)

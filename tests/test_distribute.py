@@ -16,8 +16,7 @@ import time
 
 import pytest
 
-from lplr_tf import errors, train
-from lplr_tf.distribute import make_strategy
+from lplr_tf import distribute, errors, train
 from lplr_tf.rundir import RunDirectory
 
 BINDINGS = [
@@ -46,7 +45,7 @@ RUN_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from lplr_tf import errors, train
+    from lplr_tf import distribute, errors, train
     workdir, bindings = sys.argv[1], sys.argv[2:]
     try:
         train.launch(["digits_fc_gd.gin"], bindings, workdir)
@@ -94,7 +93,10 @@ def test_mirrored_over_two_cpus_equals_single_device(tmp_path, single_device):
     _run_script(
         tmp_path,
         BINDINGS
-        + ["distribute.strategy = 'mirrored'", "distribute.devices = ['/cpu:0', '/cpu:1']"],
+        + [
+            "experiment.run.strategy = @distribute.mirrored",
+            "distribute.mirrored.devices = ['/cpu:0', '/cpu:1']",
+        ],
     )
     _assert_same_metrics(RunDirectory(tmp_path).read_metrics(), single_device)
 
@@ -117,7 +119,7 @@ def test_multi_worker_over_two_processes_equals_single_device(tmp_path, single_d
         processes.append(
             _run_script(
                 tmp_path,
-                BINDINGS + ["distribute.strategy = 'multi_worker'"],
+                BINDINGS + ["experiment.run.strategy = @distribute.multi_worker"],
                 env={"TF_CONFIG": json.dumps(tf_config)},
                 wait=False,
             )
@@ -142,7 +144,7 @@ def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path):
         "protocol.gd.learning_rate = 1.0",
         "experiment.run.stop_on_convergence = False",
         "experiment.run.checkpoint_every = 1000",
-        "distribute.strategy = 'multi_worker'",
+        "experiment.run.strategy = @distribute.multi_worker",
     ]
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
 
@@ -195,12 +197,12 @@ def _latest_checkpoint_step(workdir):
 
 
 def test_tpu_settings_fail_clearly():
-    with pytest.raises(ValueError, match="needs distribute.tpu"):
-        make_strategy("tpu")
+    with pytest.raises(ValueError, match="needs distribute.tpu.address"):
+        distribute.tpu()
     # Connecting to a TPU changes the process's TF context: probe it in a fresh process.
     code = (
-        "from lplr_tf.distribute import make_strategy\n"
-        "try:\n    make_strategy('tpu', tpu='local')\n"
+        "from lplr_tf import distribute\n"
+        "try:\n    distribute.tpu(address='local')\n"
         "except ValueError as error:\n    print('MESSAGE', error)\n"
     )
     output = subprocess.run(
@@ -210,16 +212,16 @@ def test_tpu_settings_fail_clearly():
         timeout=300,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
     ).stdout
-    assert "MESSAGE No TPU reachable at distribute.tpu = 'local'" in output
-    assert "On a TPU VM use distribute.tpu = 'local'" in output
+    assert "MESSAGE No TPU reachable at distribute.tpu.address = 'local'" in output
+    assert "On a TPU VM use distribute.tpu.address = 'local'" in output
 
 
 def test_unknown_strategy_and_missing_tf_config_are_named(monkeypatch):
-    with pytest.raises(ValueError, match=r"distribute.strategy = 'mirorred'; expected one of"):
-        make_strategy("mirorred")
+    with pytest.raises(errors.ConfigError, match="distribute.mirorred"):
+        train.parse_config(["digits_fc_gd.gin"], ["experiment.run.strategy = @distribute.mirorred"])
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
-        make_strategy("multi_worker")
+        distribute.multi_worker()
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG = '{not json' is not valid"):
-        make_strategy("multi_worker")
+        distribute.multi_worker()

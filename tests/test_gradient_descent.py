@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 
-from lplr_tf import experiment, protocols
+from lplr_tf import analysis, experiment, protocol
 from lplr_tf.data import Dataset
+from lplr_tf.diagnostics import ProbeSettings
 from lplr_tf.models.fc import build_model
 
 
@@ -28,7 +29,7 @@ def _run_linear(tmp_path, dataset, learning_rate, num_steps, log_every, **kwargs
         model=lambda input_shape, output_dim: build_model(
             input_shape, output_dim, depth=0, parameterization="standard", seed=3
         ),
-        protocol=lambda: protocols.gd(
+        protocol=lambda: protocol.gd(
             learning_rate=learning_rate, num_steps=num_steps, log_every=log_every
         ),
         **kwargs,
@@ -37,7 +38,14 @@ def _run_linear(tmp_path, dataset, learning_rate, num_steps, log_every, **kwargs
 
 def test_gd_matches_numpy_gd_on_a_linear_model(tmp_path):
     dataset = _linear_dataset(12, 5)
-    _run_linear(tmp_path, dataset, 0.1, 6, 1, measure_ntk=False, measure_sharpness=False)
+    _run_linear(
+        tmp_path,
+        dataset,
+        0.1,
+        6,
+        1,
+        probe_settings=ProbeSettings(measure_ntk=False, measure_sharpness=False),
+    )
     rows = _read_rows(tmp_path)
     assert [row["step"] for row in rows] == list(range(7))
 
@@ -80,8 +88,8 @@ def test_fitted_rate_matches_slowest_mode_of_a_quadratic(tmp_path):
         learning_rate,
         300,
         5,
-        tolerance=1e-9,
-        measure_sharpness=False,
+        probe_settings=ProbeSettings(measure_sharpness=False),
+        analysis_settings=analysis.Settings(tolerance=1e-9),
     )
     expected = (1 - learning_rate * lambda_min) ** 2
     assert abs(summary["fit"]["rate"] - expected) / (1 - expected) < 0.01 * 30

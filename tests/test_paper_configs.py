@@ -53,7 +53,7 @@ def test_cifar10_resnet_sgd_smoke_on_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=256):
         summary = train.launch(
             ["cifar10_resnet_sgd.gin", "smoke.gin"],
-            ["experiment.run.measure_sharpness = False"],
+            ["diagnostics.ProbeSettings.measure_sharpness = False"],
             workdir,
         )
     assert summary["steps"] == 12

@@ -20,7 +20,7 @@ BINDINGS = [
     "protocol.gd.num_steps = 300",
     "protocol.gd.learning_rate = 1.0",
     "protocol.gd.probe_every = 50",
-    "experiment.run.measure_sharpness = False",
+    "diagnostics.ProbeSettings.measure_sharpness = False",
     "experiment.run.stop_on_convergence = False",
 ]
 
@@ -180,7 +180,7 @@ def test_sgd_resume_continues_the_batch_order(tmp_path):
         "protocol.sgd.num_steps = 40",
         "protocol.sgd.log_every = 4",
         "protocol.sgd.probe_every = 8",
-        "experiment.run.measure_sharpness = False",
+        "diagnostics.ProbeSettings.measure_sharpness = False",
         "experiment.run.stop_on_convergence = False",
     ]
     expected = train.launch(["digits_fc_gd.gin"], bindings, str(tmp_path / "straight"))

@@ -8,7 +8,7 @@ import pytest
 from lplr_tf import analysis, sweep
 
 GRID = ["fc.build_model.width=[8,16]", "protocol.gd.learning_rate=[0.5,1.0]"]
-FAST = ["experiment.run.measure_sharpness = False"]
+FAST = ["diagnostics.ProbeSettings.measure_sharpness = False"]
 
 
 def _quiet(*_):
@@ -86,7 +86,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
                 "--gin_file=digits_fc_gd.gin",
                 "--smoke",
                 f"--workdir={workdir}",
-                "--gin_bindings=experiment.run.measure_sharpness = False",
+                "--gin_bindings=diagnostics.ProbeSettings.measure_sharpness = False",
                 "--grid",
                 "data.digits.n=[24,100000]",
                 "--no_plots",
@@ -104,7 +104,7 @@ def test_parallel_subprocesses(tmp_path):
             "--gin_file=digits_fc_gd.gin",
             "--smoke",
             f"--workdir={workdir}",
-            "--gin_bindings=experiment.run.measure_sharpness = False",
+            "--gin_bindings=diagnostics.ProbeSettings.measure_sharpness = False",
             "--grid",
             "fc.build_model.width=[8,16]",
             "--seeds",

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from lplr_tf import experiment, protocols, report, train
+from lplr_tf import analysis, experiment, protocol, report, train
 from lplr_tf.data import Dataset, teacher_student
 from lplr_tf.models.fc import build_model
 from lplr_tf.rundir import RunDirectory
@@ -27,10 +27,10 @@ def _run(tmp_path, dataset, learning_rate, num_steps, log_every=5, **model_kwarg
         str(tmp_path),
         dataset=lambda: dataset,
         model=lambda input_shape, output_dim: build_model(input_shape, output_dim, **model_kwargs),
-        protocol=lambda: protocols.gd(
+        protocol=lambda: protocol.gd(
             learning_rate=learning_rate, num_steps=num_steps, log_every=log_every
         ),
-        tolerance=1e-9,
+        analysis_settings=analysis.Settings(tolerance=1e-9),
     )
 
 
@@ -111,7 +111,7 @@ def test_pl_ratio_lies_in_the_ntk_band_at_every_probe(tmp_path):
             "protocol.gd.log_every = 5",
             "protocol.gd.probe_every = 10",
             "protocol.gd.learning_rate = 1.0",
-            "experiment.run.measure_sharpness = False",
+            "diagnostics.ProbeSettings.measure_sharpness = False",
         ],
         str(workdir),
     )

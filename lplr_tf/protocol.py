@@ -10,6 +10,7 @@ from typing import Any
 import gin
 
 from lplr_tf import validation
+from lplr_tf.probing import Schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,35 +43,31 @@ class Protocol:
     probe_size: int | None = None
     learning_rate_schedule: Any = None
 
+    def __post_init__(self):
+        self.schedule()  # checks that probe_every is a multiple of log_every
+
     @property
     def full_batch(self):
         return self.batch_size is None
 
     def validate(self, num_examples):
-        """Checks the settings against each other and the training-set size n.
+        """Checks the settings against the training-set size n.
 
-        (Each setting alone is checked when the protocol is made.)
+        (The settings alone are checked when the protocol is made.)
 
         Raises:
           ValueError: naming the offending setting, what was expected and the fix.
         """
         prefix = f"protocol.{self.name}"
-        if self.probe_every % self.log_every:
-            raise ValueError(
-                f"{prefix}.probe_every = {self.probe_every}; expected a positive multiple of "
-                f"log_every = {self.log_every}."
-            )
         if self.batch_size is not None and self.batch_size > num_examples:
             raise ValueError(
                 f"{prefix}.batch_size = {self.batch_size}; expected 1 <= batch_size <= n = "
                 f"{num_examples} (the training-set size). Lower it or raise the data's n."
             )
 
-    def is_log_step(self, step):
-        return step % self.log_every == 0 or step == self.num_steps
-
-    def is_probe_step(self, step):
-        return step % self.probe_every == 0 or step == self.num_steps
+    def schedule(self):
+        """The `probing.Schedule` of logged rows and probes over `num_steps`."""
+        return Schedule(self.log_every, self.probe_every, self.num_steps, f"protocol.{self.name}")
 
 
 @gin.configurable(module="protocol")
