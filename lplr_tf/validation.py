@@ -6,6 +6,7 @@ bad type surfaces as an obscure error deep inside Keras or NumPy.
 
 import math
 import numbers
+from collections.abc import Sequence
 
 
 def integer(name, value, minimum):
@@ -18,6 +19,23 @@ def integer(name, value, minimum):
     if value < minimum:
         raise ValueError(f"{name} = {value}; expected an integer >= {minimum}.")
     return int(value)
+
+
+def integers(name, values, minimum):
+    """Returns a non-empty sequence of integers >= `minimum` as a tuple, or raises."""
+    if (
+        isinstance(values, (int, str))
+        or not isinstance(values, Sequence)
+        or not values
+        or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in values)
+        or min(values) < minimum
+    ):
+        shown = tuple(values) if isinstance(values, Sequence) else values
+        raise ValueError(
+            f"{name} = {shown!r}; expected a non-empty tuple of integers >= {minimum}, e.g. "
+            f"{name} = (16, 32)."
+        )
+    return tuple(int(v) for v in values)
 
 
 def positive_number(name, value):

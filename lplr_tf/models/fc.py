@@ -61,12 +61,7 @@ def build_model(
       ValueError: on a non-positive width, negative depth, unknown parameterization or
         activation.
     """
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(
-            f"fc.build_model.parameterization = {parameterization!r}; expected one of "
-            f"{PARAMETERIZATIONS}. Fix the gin binding, e.g. "
-            "fc.build_model.parameterization = 'ntk'."
-        )
+    validation.choice("fc.build_model.parameterization", parameterization, PARAMETERIZATIONS)
     width = validation.integer("fc.build_model.width", width, 1)
     depth = validation.integer("fc.build_model.depth", depth, 0)
     try:

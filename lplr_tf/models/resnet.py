@@ -39,29 +39,15 @@ add noise to the training function. For the cleanest full-batch theory runs use
 """
 
 import math
-from collections.abc import Sequence
 
 import gin
 import keras
 
+from lplr_tf import validation
 from lplr_tf.ntk.layers import NTKConv2D, NTKDense
 
 PARAMETERIZATIONS = ("standard", "ntk")
 POOLINGS = ("average", "max", "flatten")
-
-
-def _positive_ints(name, values):
-    if isinstance(values, (int, str)) or not isinstance(values, Sequence) or not values:
-        raise ValueError(
-            f"resnet.build_model.{name} = {values!r}; expected a non-empty tuple of positive "
-            f"integers, one per stage, e.g. resnet.build_model.{name} = (16, 32)."
-        )
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(
-            f"resnet.build_model.{name} = {tuple(values)!r}; every entry must be a positive "
-            f"integer, e.g. resnet.build_model.{name} = (16, 32)."
-        )
-    return tuple(int(v) for v in values)
 
 
 def _validate(
@@ -80,8 +66,8 @@ def _validate(
             "of shape (height, width, channels). Use image data: `data.digits.image = True`, "
             "`data.mnist.flatten = False`, or `experiment.run.dataset = @data.cifar10`."
         )
-    widths = _positive_ints("stage_widths", stage_widths)
-    stride_values = _positive_ints("strides", strides)
+    widths = validation.integers("resnet.build_model.stage_widths", stage_widths, 1)
+    stride_values = validation.integers("resnet.build_model.strides", strides, 1)
     if len(widths) != len(stride_values):
         raise ValueError(
             f"resnet.build_model.stage_widths = {widths} has {len(widths)} stage(s) but "
@@ -89,31 +75,10 @@ def _validate(
             "stage. Give both the same length, e.g. stage_widths = (16, 32) and "
             "strides = (1, 2)."
         )
-    if (
-        isinstance(blocks_per_stage, bool)
-        or not isinstance(blocks_per_stage, int)
-        or blocks_per_stage < 1
-    ):
-        raise ValueError(
-            f"resnet.build_model.blocks_per_stage = {blocks_per_stage!r}; expected an integer "
-            ">= 1 (residual blocks in every stage), e.g. resnet.build_model.blocks_per_stage = 1."
-        )
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
-        raise ValueError(
-            f"resnet.build_model.kernel_size = {kernel_size!r}; expected a positive odd "
-            "integer, e.g. 3."
-        )
-    if pooling not in POOLINGS:
-        raise ValueError(
-            f"resnet.build_model.pooling = {pooling!r}; expected one of {POOLINGS}. Fix the "
-            "gin binding, e.g. resnet.build_model.pooling = 'average'."
-        )
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(
-            f"resnet.build_model.parameterization = {parameterization!r}; expected one of "
-            f"{PARAMETERIZATIONS}. Fix the gin binding, e.g. "
-            "resnet.build_model.parameterization = 'standard'."
-        )
+    validation.integer("resnet.build_model.blocks_per_stage", blocks_per_stage, 1)
+    validation.integer("resnet.build_model.kernel_size", kernel_size, 1)
+    validation.choice("resnet.build_model.pooling", pooling, POOLINGS)
+    validation.choice("resnet.build_model.parameterization", parameterization, PARAMETERIZATIONS)
     try:
         keras.activations.get(activation)
     except ValueError as error:
