@@ -26,3 +26,25 @@ def positive_number(name, value):
             f"{name} = {value!r}; expected a positive number. Fix the binding, e.g. {name} = 0.1."
         )
     return float(value)
+
+
+def boolean(name, value):
+    """Returns `value` when it is True or False, or raises naming the setting and the fix.
+
+    Gin passes strings and numbers through unchanged: `measure_ntk = 'no'` would be truthy.
+    """
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{name} = {value!r}; expected True or False. Fix the binding, e.g. {name} = False."
+        )
+    return value
+
+
+def choice(name, value, choices):
+    """Returns `value` when it is one of `choices`, or raises naming the setting and the fix."""
+    if value not in choices:
+        raise ValueError(
+            f"{name} = {value!r}; expected one of {', '.join(map(repr, choices))}. Fix the "
+            f"binding, e.g. {name} = {choices[0]!r}."
+        )
+    return value
