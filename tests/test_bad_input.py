@@ -25,7 +25,11 @@ from lplr_tf.rundir import RunDirectory
             r"protocol.sgd.batch_size = 500; expected 1 <= batch_size <= n = 64",
         ),
         (
-            ["experiment.run.dataset = @data.mnist", "data.mnist.data_dir = '/nonexistent/tfds'"],
+            [
+                "experiment.run.dataset = @data.mnist",
+                "data.mnist.source = 'tfds'",
+                "data.mnist.data_dir = '/nonexistent/tfds'",
+            ],
             r"(?s)mnist.*/nonexistent/tfds.*download_and_prepare",
         ),
         (

@@ -1,5 +1,6 @@
 """Tests of lplr_tf.data: loaders, target conventions, offline errors, batch pipelines."""
 
+import functools
 import os
 import time
 from unittest import mock
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
+from tfds_fakes import mock_prepared
 
-from lplr_tf import data
+from lplr_tf import data, image_sources
 
 # ----------------------------------------------------------------------------- digits
 
@@ -83,7 +85,7 @@ def test_digits_seeded_subset_and_image_layout():
 
 def test_digits_reads_gin_bindings():
     gin.parse_config(["data.digits.n = 30", "digits.classes = (4, 6, 8)"])
-    ds = data.load_dataset("digits")
+    ds = data.digits()
     assert ds.x.shape == (30, 64) and ds.y.shape == (30, 3)
 
 
@@ -108,7 +110,7 @@ def test_teacher_student_sphere_shapes_and_determinism():
 
 
 def _mock_label_count(name, classes, num_examples):
-    with tfds.testing.mock_data(num_examples=num_examples):
+    with mock_prepared(num_examples=num_examples):
         ds = tfds.builder(name).as_dataset(split="train")
         labels = np.array([ex["label"] for ex in tfds.as_numpy(ds)])
     return int(np.isin(labels, classes).sum())
@@ -117,21 +119,25 @@ def _mock_label_count(name, classes, num_examples):
 def test_mnist_under_mock_data(tmp_path):
     available = _mock_label_count("mnist", (0, 1), 80)
     assert available >= 6
-    with tfds.testing.mock_data(num_examples=80):
-        ds = data.mnist(n=available, classes=(0, 1), data_dir=str(tmp_path), seed=0)
+    tfds_mnist = functools.partial(data.mnist, source="tfds", data_dir=str(tmp_path))
+    with mock_prepared(num_examples=80) as data_dir:
+        ds = tfds_mnist(n=available, classes=(0, 1), seed=0)
         assert ds.x.shape == (available, 784) and ds.y.shape == (available, 1)
+        assert ds.name == "mnist(0 vs 1, tfds train)"
+        assert ds.source.startswith("MNIST train split from tensorflow-datasets, prepared in ")
+        assert data_dir in ds.source  # the directory actually read (the mock's)
         assert set(np.unique(ds.y)) <= {-1.0, 1.0}
         assert abs(ds.x.mean()) < 1e-5 and abs(ds.x.std() - 1.0) < 1e-4
-        a = data.mnist(n=5, data_dir=str(tmp_path), seed=7, flatten=False)
-        b = data.mnist(n=5, data_dir=str(tmp_path), seed=7, flatten=False)
-        c = data.mnist(n=5, data_dir=str(tmp_path), seed=8, flatten=False)
+        a = tfds_mnist(n=5, seed=7, flatten=False)
+        b = tfds_mnist(n=5, seed=7, flatten=False)
+        c = tfds_mnist(n=5, seed=8, flatten=False)
         assert a.x.shape == (5, 28, 28, 1)
         np.testing.assert_array_equal(a.x, b.x)
         assert not np.array_equal(a.x, c.x)
         with pytest.raises(ValueError, match=rf"n={available + 1} but only {available} "):
-            data.mnist(n=available + 1, data_dir=str(tmp_path))
-        multi = data.mnist(n=6, classes=(2, 3, 4), data_dir=str(tmp_path), split="test")
-        assert multi.y.shape == (6, 3)
+            tfds_mnist(n=available + 1)
+        multi = tfds_mnist(n=6, classes=(2, 3, 4), split="test")
+        assert multi.y.shape == (6, 3) and multi.name == "mnist(2,3,4, tfds test)"
         np.testing.assert_array_equal(multi.y.sum(1), 1.0)
 
 
@@ -139,10 +145,11 @@ def test_cifar10_under_mock_data(tmp_path):
     classes = (3, 5)
     available = _mock_label_count("cifar10", classes, 60)
     assert available >= 4
-    with tfds.testing.mock_data(num_examples=60):
-        ds = data.load_dataset("cifar10", n=available, classes=classes, data_dir=str(tmp_path))
+    with mock_prepared(num_examples=60):
+        ds = data.cifar10(n=available, classes=classes, data_dir=str(tmp_path))
         assert ds.x.shape == (available, 32, 32, 3) and ds.y.shape == (available, 1)
-        assert ds.name == "cifar10(3 vs 5, train)"
+        assert ds.name == "cifar10(3 vs 5, tfds train)"
+        assert ds.source.startswith("CIFAR-10 train split from tensorflow-datasets")
         np.testing.assert_allclose(ds.x.mean((0, 1, 2)), 0.0, atol=1e-5)
         np.testing.assert_allclose(ds.x.std((0, 1, 2)), 1.0, rtol=1e-4)
         with pytest.raises(ValueError, match=rf"only {available} examples"):
@@ -186,33 +193,41 @@ def prepared_mnist(tmp_path_factory):
 
 
 def test_mnist_from_prepared_data_dir(prepared_mnist):
-    assert not data.tfds_is_mocked()
-    ds = data.mnist(n=8, classes=(7, 2), data_dir=prepared_mnist)  # 4 of each in train
+    ds = data.mnist(n=8, classes=(7, 2), source="tfds", data_dir=prepared_mnist)  # 4 of each
     assert ds.x.shape == (8, 784)
+    assert ds.source == (
+        f"MNIST train split from tensorflow-datasets, prepared in {prepared_mnist}/mnist/3.0.1"
+    )
     high = ds.x.mean(1) > 0  # label 7 images are brighter than label 2 images
     assert high.sum() == 4
     np.testing.assert_array_equal(ds.y[:, 0], np.where(high, -1.0, 1.0))  # 7 -> -1, 2 -> +1
     with pytest.raises(ValueError, match=r"only 8 examples"):
-        data.mnist(n=9, classes=(7, 2), data_dir=prepared_mnist)
-    test = data.mnist(n=4, classes=(0, 1), data_dir=prepared_mnist, split="test")
+        data.mnist(n=9, classes=(7, 2), source="tfds", data_dir=prepared_mnist)
+    test = data.mnist(n=4, classes=(0, 1), source="tfds", data_dir=prepared_mnist, split="test")
     assert test.x.shape == (4, 784)
 
 
 # ------------------------------------------------------------------- the offline error
 
 
-@pytest.mark.parametrize("loader", [data.mnist, data.cifar10])
-def test_missing_tfds_data_fails_fast_with_instructions(tmp_path, loader):
+@pytest.mark.parametrize(
+    "name, loader, fix",
+    [
+        ("mnist", functools.partial(data.mnist, source="tfds"), "data.mnist.source = 'tfds' and "),
+        ("cifar10", data.cifar10, "bindings "),
+    ],
+)
+def test_missing_tfds_data_fails_fast_with_instructions(tmp_path, name, loader, fix):
     empty = str(tmp_path / "empty")
     start = time.monotonic()
-    with pytest.raises(data.DatasetNotAvailableError) as info:
+    with pytest.raises(image_sources.DatasetNotAvailableError) as info:
         loader(n=10, data_dir=empty)
     assert time.monotonic() - start < 5.0
     message = str(info.value)
-    name = loader.__name__
     assert isinstance(info.value, ValueError)
     assert empty in message and f"'{name}'" in message
-    assert "download_and_prepare()" in message and f"{name}.data_dir = '{empty}'" in message
+    assert "download_and_prepare()" in message
+    assert f"{fix}data.{name}.data_dir = '{empty}'" in message
     assert not os.path.exists(os.path.join(empty, name, "3.0.1", "dataset_info.json"))
 
 
@@ -235,9 +250,13 @@ def test_missing_tfds_data_fails_fast_with_instructions(tmp_path, loader):
             r"n=400 but only 360 examples of classes \(0, 1\) are "
             r"available; pass n <= 360",
         ),
-        (dict(targets="pm2"), r"targets='pm2' is not valid; expected one of auto, pm1, one_hot"),
+        (
+            dict(targets="pm2"),
+            r"data.digits.targets = 'pm2'; expected one of 'auto', 'pm1', 'one_hot'",
+        ),
         (dict(classes=(0, 1, 2), targets="pm1"), r"targets='pm1' needs exactly 2 classes"),
         (dict(seed=-1), r"data.digits.seed = -1; expected an integer >= 0"),
+        (dict(image="yes"), r"data.digits.image = 'yes'; expected True or False"),
     ],
 )
 def test_digits_validation_errors(kwargs, pattern):
@@ -246,28 +265,17 @@ def test_digits_validation_errors(kwargs, pattern):
 
 
 def test_tfds_loader_validation_before_touching_data(tmp_path):
+    empty = str(tmp_path)  # not prepared: a check that read data would fail differently
     with pytest.raises(
-        ValueError,
-        match=r"split='validation' is not valid; expected one of "
-        r"train, test",
+        ValueError, match=r"data.mnist.split = 'validation'; expected one of 'train', 'test'"
     ):
-        data.mnist(split="validation", data_dir=str(tmp_path))
+        data.mnist(split="validation", source="tfds", data_dir=empty)
     with pytest.raises(ValueError, match=r"cifar10: unknown class ids \[10\]"):
-        data.cifar10(classes=(0, 10), data_dir=str(tmp_path))
-    with pytest.raises(ValueError, match=r"mnist: targets='onehot' is not valid"):
-        data.mnist(targets="onehot", data_dir=str(tmp_path))
-
-
-def test_load_dataset_unknown_name_lists_valid_names():
-    assert data.available_datasets() == ("digits", "teacher_student", "mnist", "cifar10")
-    with pytest.raises(
-        ValueError,
-        match=r"Unknown dataset name 'digitz'; expected one of: "
-        r"digits, teacher_student, mnist, cifar10",
-    ):
-        data.load_dataset("digitz")
-    ds = data.load_dataset("teacher_student", n=5, input_dim=3)
-    assert ds.x.shape == (5, 3)
+        data.cifar10(classes=(0, 10), data_dir=empty)
+    with pytest.raises(ValueError, match=r"data.mnist.targets = 'onehot'; expected one of"):
+        data.mnist(targets="onehot", source="tfds", data_dir=empty)
+    with pytest.raises(ValueError, match=r"data.cifar10.flatten = 1; expected True or False"):
+        data.cifar10(flatten=1, data_dir=empty)
 
 
 def test_dataset_rejects_inconsistent_shapes():

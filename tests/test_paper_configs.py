@@ -47,10 +47,10 @@ def test_digits_resnet_sgd_smoke(tmp_path):
 
 
 def test_cifar10_resnet_sgd_smoke_on_mock_data(tmp_path):
-    import tensorflow_datasets as tfds
+    from tfds_fakes import mock_prepared
 
     workdir = str(tmp_path / "cifar")
-    with tfds.testing.mock_data(num_examples=256):
+    with mock_prepared(num_examples=256):
         summary = train.launch(
             ["cifar10_resnet_sgd.gin", "smoke.gin"],
             ["diagnostics.ProbeSettings.measure_sharpness = False"],
