@@ -46,9 +46,12 @@ def _phase_phrase(phases, fit):
     return f"the loss fell {before} until step {tau}, then {after}"
 
 
-def _bound_phrase(bound, sharp):
+def _bound_phrase(bound, sharp, stated):
+    """The fitted rate against ρ_bound; `stated` is a reason the verdict already gave."""
     if bound["rate_bound"] is None:
-        return f"no GD bound ({bound['reason']})" if bound["reason"] else ""
+        if not bound["reason"]:
+            return ""
+        return "no GD bound" if bound["reason"] == stated else f"no GD bound ({bound['reason']})"
     rate_bound = format_rate(bound["rate_bound"])
     if bound["kind"] == "reference":
         phrase = f"the GD bound ρ_bound = {rate_bound} is a reference value only"
@@ -79,7 +82,8 @@ def _regime_phrase(summary):
     if not regime["in_local_regime"]:
         return f"Left the local regime at step {regime['left_step']}: {regime['left_reason']}"
     mu = summary["ntk"]["lambda_min_min"]
-    parts = [f"λ_min(K_t) ≥ {_fmt(mu)} > 0 at every probe"]
+    kernel = "K_probe" if sgd else "K_t"
+    parts = [f"λ_min({kernel}) ≥ {_fmt(mu)} > 0 at every probe"]
     drift = summary["ntk"]["kernel_drift_final"]
     if drift is not None:
         parts.append(f"kernel drift {_fmt(drift)} ≤ {summary['settings']['kernel_drift_bound']:g}")
@@ -88,7 +92,7 @@ def _regime_phrase(summary):
         parts.append(
             f"μ of the training set ≤ {_fmt(bound['mu'])} (interlacing, n/m = {factor:.3g})"
         )
-    if post["mu_post"] is not None:
+    if post["mu_post"] is not None and not sgd:
         sign = "> 0" if post["positive"] else "≤ 0"
         parts.append(f"a-posteriori μ_post = {_fmt(post['mu_post'])} {sign} (secant, not a proof)")
     opening = "SGD run, probe kernel kept positive" if sgd else "Stayed in a locally PL region"
@@ -159,7 +163,7 @@ def verdict_sentence(summary, divergence_loss):
     }[status]
     clauses = [f"{_regime_phrase(summary)}; the run {outcome}"]
     clauses.append(_phase_phrase(summary["phases"], summary["fit"]))
-    bound = _bound_phrase(summary["bound"], sharp)
+    bound = _bound_phrase(summary["bound"], sharp, summary["regime"]["reason"])
     if bound:
         clauses.append(bound)
     clauses.extend(_extras(summary))
