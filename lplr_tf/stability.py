@@ -9,10 +9,11 @@ Lanczos lower estimate); 2/η is the stability threshold of GD on a quadratic.
 * Loss spike: a logged loss above `SPIKE_FACTOR` times the lowest loss logged before it.
   The spike lasts while the loss stays above that level; its peak is the largest loss in it;
   it has returned when a later logged loss is back at or below the level.
-* Catapult: a spike that returned, followed by a sharpness drop — the first probe at or
-  after the return step (else the last probe after the spike started) measures at most
-  (1 − `SHARPNESS_DROP`) times the last probe before the spike. A spike that never returned
-  is a divergence, not a catapult.
+* Catapult: a spike that returned, followed by a sharpness drop: the first probe at or after
+  the return step (else the last probe after the spike started) measures at most
+  (1 − `SHARPNESS_DROP`) times the last probe before the spike, or it is below 2/η while
+  that probe was at or above it (Lewkowycz et al. 2020: the sharpness ends below 2/η). A
+  spike that never returned is a divergence, not a catapult.
 """
 
 import itertools
@@ -89,12 +90,13 @@ def _spikes(losses):
     return spikes
 
 
-def loss_spikes(losses, sharpness):
+def loss_spikes(losses, sharpness, learning_rate):
     """Loss spikes, each marked a catapult or not by the sharpness around it.
 
     Args:
       losses: [(step, L_t)] finite logged losses, sorted by step.
       sharpness: [(step, β_t)] at the probes, sorted by step.
+      learning_rate: η > 0 (the stability threshold is 2/η).
 
     Returns:
       A list of dicts spike_step, peak_step, peak_loss, level, return_step, sharpness_before,
@@ -115,7 +117,9 @@ def loss_spikes(losses, sharpness):
         if returned is None:
             catapult = False
         elif before and after:
-            catapult = after[0][1] <= (1.0 - SHARPNESS_DROP) * before[-1][1]
+            high, low = before[-1][1], after[0][1]
+            crossed = high >= 2.0 / learning_rate > low
+            catapult = low <= (1.0 - SHARPNESS_DROP) * high or crossed
         spike["catapult"] = catapult
         result.append(spike)
     return result
@@ -141,7 +145,7 @@ def sharpness_section(rows, learning_rate, end_step=None):
     values = [v for _, v in sharpness]
     gauss_newton = [v for _, v in series(rows, "gn_sharpness")]
     top = max(values) if values else None
-    spikes = loss_spikes(losses, sharpness)
+    spikes = loss_spikes(losses, sharpness, learning_rate)
     return {
         "max": top,
         "eta_times_max": None if top is None else learning_rate * top,

@@ -124,6 +124,8 @@ def _extras(summary):
             f"(β {_fmt(rise['sharpness_start'])} → {_fmt(rise['sharpness_reached'])}, "
             f"2/η = {_fmt(rise['threshold'])})"
         )
+    if sharp["edge_of_stability"]:
+        clauses.append(f"η·β reached {sharp['eta_times_max']:.3g} ≥ 2 (edge of stability)")
     if sharp["catapult_steps"]:
         steps = ", ".join(str(s) for s in sharp["catapult_steps"])
         clauses.append(f"catapult(s) at step {steps}")

@@ -37,7 +37,7 @@ def test_catapult_is_a_spike_that_returns_with_a_sharpness_drop():
     losses = [1.0, 0.5, 0.3, 2.0, 5.0, 1.0, 0.4, 0.2, 0.1]
     sharpness = {0: 5.0, 20: 5.5, 40: 4.6, 60: 3.0, 80: 2.9}
     spikes = stability.loss_spikes(
-        [(10 * i, v) for i, v in enumerate(losses)], sorted(sharpness.items())
+        [(10 * i, v) for i, v in enumerate(losses)], sorted(sharpness.items()), ETA
     )
     assert len(spikes) == 1
     spike = spikes[0]
@@ -56,19 +56,28 @@ def test_spikes_that_are_not_catapults():
     losses = [1.0, 0.5, 0.3, 2.0, 1.0, 0.4, 0.2]
     # The sharpness does not drop after the spike: a loss spike, not a catapult.
     kept = stability.loss_spikes(
-        [(10 * i, v) for i, v in enumerate(losses)], [(20, 3.0), (50, 2.9)]
+        [(10 * i, v) for i, v in enumerate(losses)], [(20, 3.0), (50, 2.9)], ETA
     )
     assert [s["catapult"] for s in kept] == [False]
+    # A 5 % drop from above 2/η = 4 to below it is a catapult; the same drop below 2/η is not.
+    crossing = stability.loss_spikes(
+        [(10 * i, v) for i, v in enumerate(losses)], [(20, 4.1), (50, 3.9)], ETA
+    )
+    assert [s["catapult"] for s in crossing] == [True]
+    below = stability.loss_spikes(
+        [(10 * i, v) for i, v in enumerate(losses)], [(20, 3.9), (50, 3.7)], ETA
+    )
+    assert [s["catapult"] for s in below] == [False]
     # No probe before the spike: undecided.
-    unknown = stability.loss_spikes([(10 * i, v) for i, v in enumerate(losses)], [(50, 1.0)])
+    unknown = stability.loss_spikes([(10 * i, v) for i, v in enumerate(losses)], [(50, 1.0)], ETA)
     assert [s["catapult"] for s in unknown] == [None]
     # A spike that never comes back is a divergence, not a catapult.
     rising = stability.loss_spikes(
-        [(10 * i, v) for i, v in enumerate([1.0, 0.5, 3.0, 9.0])], [(0, 5.0), (30, 1.0)]
+        [(10 * i, v) for i, v in enumerate([1.0, 0.5, 3.0, 9.0])], [(0, 5.0), (30, 1.0)], ETA
     )
     assert rising[0]["return_step"] is None and rising[0]["catapult"] is False
     # Small wiggles below twice the running minimum are no spike.
-    assert stability.loss_spikes([(0, 1.0), (10, 0.5), (20, 0.9), (30, 0.4)], []) == []
+    assert stability.loss_spikes([(0, 1.0), (10, 0.5), (20, 0.9), (30, 0.4)], [], ETA) == []
 
 
 def test_sharpness_section_flags_and_verdict():
