@@ -4,8 +4,9 @@ The history is the list of rows of `metrics.jsonl` (dicts sorted by `step`). Eve
 `step` may be missing or None on a row; NTK keys exist only at probe steps. Conventions and
 every formula are in docs/theory.md: L = 1/(2n) Σ‖f(x_i) − y_i‖², K = Θ/n, g_t = L_t − L*,
 PL ratio q = ‖∇L‖²/(2g). The phase and rate fits live in `phases`, the GD bounds and the
-a-posteriori estimate in `bounds`, the sharpness and edge-of-stability flags in `stability`;
-this module decides which points they see and which claims the run supports.
+a-posteriori estimate in `bounds`, the sharpness and edge-of-stability flags in `stability`,
+the rules for what a run may claim (and each section's `kind`) in `claims`. This module
+decides which points they see and assembles the summary.
 
 Rules:
 
@@ -19,12 +20,9 @@ Rules:
   status step) when set; else the last segment [τ, end] when the selected phase model has a
   transition τ; else the phase points minus the first `TRANSIENT_FRACTION` of their step
   span (all of them when that leaves fewer than three).
-* Claims: every section has a `kind` — "measured" (read off the logged rows), "estimate"
-  (derived from probes, which see only some steps), "reference" (a GD theorem's value shown
-  for an SGD run, not claimed), or the a-priori check's "sampled check, not a proof".
-  A diverged run makes no regime, bound or a-posteriori claim. A run whose NTK was measured
-  in trace mode with O ≠ 1 outputs reports no μ, bound, a-posteriori estimate or
-  Gauss–Newton sharpness (the output-averaged kernel is not the theory's kernel).
+* Claims (`claims`): a diverged run makes no regime, bound or a-posteriori claim; a trace
+  kernel with O ≠ 1 outputs gives no μ, bound, a-posteriori estimate or Gauss–Newton
+  sharpness; an SGD run's GD bounds are reference values.
 * Linearized deviation: rows' `linearized_deviation` = ‖r_t − r_t^lin‖/‖r_0‖; departure is
   the first step above `settings.linearized_threshold`.
 """
