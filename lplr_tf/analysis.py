@@ -1,29 +1,30 @@
 """Convergence analysis: a pure function from the metric history to a JSON-ready summary.
 
 The history is the list of rows of `metrics.jsonl` (dicts sorted by `step`). Every key but
-`step` may be missing or None on a row; NTK keys exist only at probe steps. Conventions follow
-DESIGN.md §1: L = 1/(2n) Σ‖f(x_i) − y_i‖², K = Θ/n, PL ratio q = ‖∇L‖²/(2(L − L*)),
-ρ_bound = 1 − η·min_t λ_min(K_t), μ_cert = λ_min(K_0) − L̂_Θ·max_t d_t.
+`step` may be missing or None on a row; NTK keys exist only at probe steps. Conventions and
+every formula are in docs/theory.md: L = 1/(2n) Σ‖f(x_i) − y_i‖², K = Θ/n, g_t = L_t − L*,
+PL ratio q = ‖∇L‖²/(2g). The phase and rate fits live in `phases`, the GD bounds and the
+a-posteriori estimate in `bounds`, the sharpness and edge-of-stability flags in `stability`,
+the rules for what a run may claim (and each section's `kind`) in `claims`. This module
+decides which points they see and assembles the summary.
 
-Rules and normalizations (also recorded in the module constants below):
+Rules:
 
 * Divergence: a row whose `loss` is present but None/NaN/±inf, or above `loss_bound`
-  (default `DIVERGENCE_FACTOR` × max(L_0, tolerance) with L_0 the first logged loss).
-  Divergence anywhere takes precedence over convergence.
-* Precision floor: points with L − L* ≤ max(tolerance, `PRECISION_EPS` · (L_0 − L*)) are at
-  the floor of numerical precision and are left out of the rate fit, the bound check and the
-  linearized comparison.
-* Stable window (automatic): the logged points with finite loss above the precision floor and
-  before the status step (convergence or divergence); of those, the first
-  `TRANSIENT_FRACTION` of the step span is skipped as a transient. If that leaves fewer than
-  three points, all candidates are used. `window=(start, end)` overrides this with every
-  finite point with L − L* > 0 and start ≤ step ≤ end (both inclusive, before divergence).
-* Bound check: for consecutive logged points above the floor, the contraction
-  (L_{t2} − L*)/(L_{t1} − L*) must be ≤ ρ_bound^(t2 − t1) · (1 + `BOUND_RELATIVE_SLACK`);
-  ρ_bound is clamped at 0 when η·μ > 1 (then the theorem's step-size hypothesis fails).
-* Linearized deviation: |L_t − L_t^lin| / max(L_t^lin, floor) over the steps where the
-  linearized loss was logged and at least one of L_t − L*, L_t^lin is above the floor;
-  departure_step is the first step where it exceeds `LINEARIZED_DEPARTURE`.
+  (default `DIVERGENCE_FACTOR` × max(L_0, tolerance)). Divergence takes precedence.
+* Precision floor: points with g ≤ max(tolerance, `PRECISION_EPS`·g_0) are left out of the
+  local rates, the phase and rate fits and the bound check.
+* Phase points: finite losses above the floor, before the status step. The local rates and
+  the four phase models (`phases.fit_phases`) use them.
+* Rate-fit window: `settings.fit_window` (every finite g > 0 in [start, end] before the
+  status step) when set; else the last segment [τ, end] when the selected phase model has a
+  transition τ; else the phase points minus the first `TRANSIENT_FRACTION` of their step
+  span (all of them when that leaves fewer than three).
+* Claims (`claims`): a diverged run makes no regime, bound or a-posteriori claim; a trace
+  kernel with O ≠ 1 outputs gives no μ, bound, a-posteriori estimate or Gauss–Newton
+  sharpness; an SGD run's GD bounds are reference values.
+* Linearized deviation: rows' `linearized_deviation` = ‖r_t − r_t^lin‖/‖r_0‖; departure is
+  the first step above `settings.linearized_threshold`.
 """
 
 import dataclasses
@@ -31,6 +32,8 @@ import math
 
 import numpy as np
 
+from lplr_tf import claims, phases, stability
+from lplr_tf.bounds import series as _series
 from lplr_tf.values import finite, json_safe
 from lplr_tf.verdict import verdict_sentence
 
@@ -39,19 +42,8 @@ FINAL_STATUSES = ("converged", "max_steps", "diverged")
 DIVERGENCE_FACTOR = 1e6
 PRECISION_EPS = 1e-10
 TRANSIENT_FRACTION = 0.25
-BOUND_RELATIVE_SLACK = 1e-4
-LINEARIZED_DEPARTURE = 0.1
-MIN_FIT_POINTS = 3
-
-
-def _series(rows, key):
-    """Returns [(step, value)] for the rows where `key` holds a finite number."""
-    pairs = []
-    for row in rows:
-        value = finite(row.get(key))
-        if value is not None:
-            pairs.append((int(row["step"]), value))
-    return pairs
+MIN_FIT_POINTS = phases.MIN_FIT_POINTS
+MEASURED, ESTIMATE = claims.MEASURED, claims.ESTIMATE
 
 
 def _min(values):
@@ -101,124 +93,63 @@ def _status(rows, l_star, tolerance, loss_bound):
     return "max_steps", None, loss_bound, initial_loss
 
 
-def _stable_points(rows, l_star, floor, status_step, window):
-    """Returns the (step, L − L*) points of the stable window (see module docstring)."""
+def phase_points(rows, l_star, floor, status_step):
+    """The (step, g) points above the precision floor and before the status step."""
     points = [(s, v - l_star) for s, v in _series(rows, "loss")]
     if status_step is not None:
         points = [(s, g) for s, g in points if s < status_step]
+    return [(s, g) for s, g in points if g > floor]
+
+
+def local_rates(rows, summary):
+    """The per-step local rates [(step, ρ_t)] of a summarized run (what the plot draws).
+
+    Args:
+      rows: The metric rows the summary was computed from.
+      summary: The dict `summarize` returned for them (its l_star, precision_floor and
+        status_step select the points).
+
+    Returns:
+      `phases.local_rates` of the phase points: ρ_{t₂} = (g_{t₂}/g_{t₁})^{1/(t₂ − t₁)}.
+    """
+    points = phase_points(
+        sorted(rows, key=lambda row: int(row["step"])),
+        summary["l_star"],
+        summary["precision_floor"],
+        summary["status_step"],
+    )
+    return phases.local_rates(points)
+
+
+def _window_points(rows, l_star, status_step, window, candidates, phase):
+    """Returns (points of the rate-fit window, where the window came from)."""
     if window is not None:
         start, end = window
-        return [(s, g) for s, g in points if start <= s <= end and g > 0]
-    points = [(s, g) for s, g in points if g > floor]
-    if len(points) < MIN_FIT_POINTS:
-        return points
-    cutoff = points[0][0] + TRANSIENT_FRACTION * (points[-1][0] - points[0][0])
-    kept = [(s, g) for s, g in points if s >= cutoff]
-    return kept if len(kept) >= MIN_FIT_POINTS else points
+        points = [(s, v - l_star) for s, v in _series(rows, "loss")]
+        if status_step is not None:
+            points = [(s, g) for s, g in points if s < status_step]
+        return [(s, g) for s, g in points if start <= s <= end and g > 0], "settings"
+    if phase["transition_step"] is not None:
+        return [(s, g) for s, g in candidates if s >= phase["transition_step"]], "phases"
+    if len(candidates) < MIN_FIT_POINTS:
+        return candidates, "automatic"
+    first, last = candidates[0][0], candidates[-1][0]
+    cutoff = first + TRANSIENT_FRACTION * (last - first)
+    kept = [(s, g) for s, g in candidates if s >= cutoff]
+    return (kept if len(kept) >= MIN_FIT_POINTS else candidates), "automatic"
 
 
-def _fit(points):
-    """Least squares of log(L_t − L*) = a + t·log ρ̂ on the given points."""
-    if len(points) < MIN_FIT_POINTS:
-        return {"rate": None, "r2": None, "window": None}
-    steps = np.array([s for s, _ in points], dtype=np.float64)
-    logs = np.log(np.array([g for _, g in points], dtype=np.float64))
-    slope, intercept = np.polyfit(steps, logs, 1)
-    residual = logs - (intercept + slope * steps)
-    total = float(np.sum((logs - logs.mean()) ** 2))
-    ss_res = float(np.sum(residual**2))
-    r2 = 1.0 if total <= 1e-30 else 1.0 - ss_res / total
-    return {
-        "rate": float(np.exp(slope)),
-        "r2": float(r2),
-        "window": [int(steps[0]), int(steps[-1])],
-    }
-
-
-def _check_bound(rows, l_star, floor, status_step, rate_bound):
-    """Lists the steps t2 whose contraction from the previous logged step beats the bound."""
-    points = [(s, v - l_star) for s, v in _series(rows, "loss")]
+def _linearized(rows, status_step, threshold):
+    """Residual-space deviation from the linearized model (module docstring)."""
+    deviations = _series(rows, "linearized_deviation")
     if status_step is not None:
-        points = [(s, g) for s, g in points if s <= status_step]
-    points = [(s, g) for s, g in points if g > floor]
-    per_step = max(rate_bound, 0.0)
-    violations = []
-    for (step1, gap1), (step2, gap2) in zip(points, points[1:]):
-        allowed = per_step ** (step2 - step1) * (1.0 + BOUND_RELATIVE_SLACK)
-        if gap2 / gap1 > allowed:
-            violations.append(step2)
-    return violations
-
-
-def _local_regime(rows, kernel_drift_bound):
-    """Returns (in_local_regime, first failing step, reason) over the NTK probes."""
-    lambda_min = dict(_series(rows, "ntk_lambda_min"))
-    kernel_drift = dict(_series(rows, "kernel_drift"))
-    if not lambda_min and not kernel_drift:
-        return None, None, None
-    for step in sorted(set(lambda_min) | set(kernel_drift)):
-        if step in lambda_min and lambda_min[step] <= 0:
-            return False, step, f"λ_min(K_t) = {lambda_min[step]:.3g} ≤ 0"
-        if step in kernel_drift and kernel_drift[step] > kernel_drift_bound:
-            return False, step, f"kernel drift {kernel_drift[step]:.3g} > {kernel_drift_bound:g}"
-    return True, None, None
-
-
-def _certificate(rows, kernel_drift_bound):
-    lambda_min = _series(rows, "ntk_lambda_min")
-    drifts = dict(_series(rows, "drift"))
-    operator_drift = _series(rows, "kernel_drift_op")
-    lambda0 = lambda_min[0][1] if lambda_min else None
-    lipschitz = None
-    if operator_drift:
-        ratios = [d / drifts[s] for s, d in operator_drift if drifts.get(s, 0.0) > 0]
-        lipschitz = max(ratios) if ratios else 0.0
-        if all(d == 0.0 for _, d in operator_drift):
-            lipschitz = 0.0
-    radius = _max(list(drifts.values()))
-    mu_cert = None
-    if lambda0 is not None and lipschitz is not None and radius is not None:
-        mu_cert = lambda0 - lipschitz * radius
-    in_regime, left_step, reason = _local_regime(rows, kernel_drift_bound)
+        deviations = [(s, d) for s, d in deviations if s <= status_step]
+    departures = [s for s, d in deviations if d > threshold]
     return {
-        "lambda0": lambda0,
-        "lipschitz_estimate": lipschitz,
-        "radius": radius,
-        "mu_cert": mu_cert,
-        "certified": None if mu_cert is None else bool(mu_cert > 0),
-        "in_local_regime": in_regime,
-        "left_step": left_step,
-        "left_reason": reason,
-    }
-
-
-def _linearized(rows, l_star, floor, status_step):
-    losses = dict(_series(rows, "loss"))
-    deviations = []
-    for step, lin in _series(rows, "loss_linearized"):
-        if step not in losses or (status_step is not None and step > status_step):
-            continue
-        if losses[step] - l_star <= floor and lin <= floor:
-            continue
-        deviations.append((step, abs(losses[step] - lin) / max(lin, floor)))
-    departures = [s for s, d in deviations if d > LINEARIZED_DEPARTURE]
-    return {
-        "max_relative_deviation": _max([d for _, d in deviations]),
+        "max_deviation": _max([d for _, d in deviations]),
         "departure_step": departures[0] if departures else None,
-        "threshold": LINEARIZED_DEPARTURE,
-    }
-
-
-def _sharpness(rows, learning_rate):
-    values = [v for _, v in _series(rows, "sharpness")]
-    gauss_newton = [v for _, v in _series(rows, "gn_sharpness")]
-    top = _max(values)
-    return {
-        "max": top,
-        "eta_times_max": None if top is None else learning_rate * top,
-        "step_size_ok": None if not values else all(learning_rate * v <= 1.0 for v in values),
-        "edge_of_stability": None if not values else any(learning_rate * v >= 2.0 for v in values),
-        "gauss_newton_max": _max(gauss_newton),
+        "threshold": threshold,
+        "kind": MEASURED,
     }
 
 
@@ -233,6 +164,8 @@ class Settings:
       fit_window: Optional (first_step, last_step) overriding the automatic stable window.
       kernel_drift_bound: The run is in the local regime while every probe's
         ‖K_t − K_0‖_F/‖K_0‖_F ≤ this bound (and λ_min(K_t) > 0).
+      linearized_threshold: The run departs from its linearization at the first logged step
+        where ‖r_t − r_t^lin‖/‖r_0‖ exceeds this threshold.
     """
 
     l_star: float = 0.0
@@ -240,6 +173,7 @@ class Settings:
     loss_bound: float | None = None
     fit_window: tuple | None = None
     kernel_drift_bound: float = 0.5
+    linearized_threshold: float = 0.1
 
     def __post_init__(self):
         window = self.fit_window
@@ -264,23 +198,30 @@ class Settings:
         return cls(**{key: value for key, value in stored.items() if key in names})
 
 
-def summarize(rows, *, learning_rate, settings=None, num_steps=None):
+def summarize(rows, *, learning_rate, settings=None, num_steps=None, run=None):
     """Summarizes a run's metric history (see the module docstring for every rule).
 
     Args:
       rows: List of metric dicts sorted by `step` (rows of metrics.jsonl).
-      learning_rate: The GD step size η (> 0).
+      learning_rate: The step size η (> 0).
       settings: The analysis `Settings` (default: Settings()).
       num_steps: Planned steps; when given and the last logged step is below it and the run
         neither converged nor diverged, status is `incomplete` instead of `max_steps`.
+      run: Optional JSON-ready facts about the run, stored as `summary["run"]` so that the
+        summary can be recomputed: protocol ("gd" | "sgd"), ntk_output_mode ("full" |
+        "trace"), num_outputs (O), train_size (n), probe_size (m), dataset, a_priori (the
+        dict of `a_priori.check`), learning_rate_calibration. Missing facts mean full-batch
+        GD with the full kernel.
 
     Returns:
       A JSON-serializable dict (None for every missing or non-finite value) with keys status,
-      status_step, steps, initial_loss, final_loss, l_star, loss_bound, precision_floor, fit,
-      pl_ratio, drift, ntk, sharpness, bound, certificate, linearized, settings, verdict.
+      status_step, steps, initial_loss, final_loss, l_star, loss_bound, precision_floor,
+      phases, fit, pl_ratio, drift, ntk, sharpness, bound, a_posteriori, regime, a_priori,
+      linearized, settings, run, verdict.
 
     Raises:
-      ValueError: empty history, a row without `step`, or a non-positive learning rate.
+      ValueError: empty history, a row without `step`, a non-positive learning rate, or a
+        `run` with an unknown protocol or NTK output mode.
     """
     if not rows:
         raise ValueError(
@@ -297,33 +238,41 @@ def summarize(rows, *, learning_rate, settings=None, num_steps=None):
             f"summarize: learning_rate={learning_rate!r}; expected a positive "
             "step size η. Pass the run's learning rate."
         )
+    facts = claims.run_facts(run)
     settings = settings or Settings()
-    l_star, tolerance, loss_bound = settings.l_star, settings.tolerance, settings.loss_bound
-    window, kernel_drift_bound = settings.fit_window, settings.kernel_drift_bound
+    l_star = settings.l_star
     rows = sorted(rows, key=lambda row: int(row["step"]))
-    status, status_step, bound_used, initial_loss = _status(rows, l_star, tolerance, loss_bound)
+    status, status_step, bound_used, initial_loss = _status(
+        rows, l_star, settings.tolerance, settings.loss_bound
+    )
     last_step = int(rows[-1]["step"])
     if status == "max_steps" and num_steps is not None and last_step < num_steps:
         status = "incomplete"
     initial_gap = None if initial_loss is None else initial_loss - l_star
+    tolerance = settings.tolerance
     floor = max(tolerance, PRECISION_EPS * initial_gap) if initial_gap else tolerance
-    points = _stable_points(rows, l_star, floor, status_step, window)
-    fit = _fit(points)
+    diverged_step = status_step if status == "diverged" else None
+    candidates = phase_points(rows, l_star, floor, status_step)
+    phase = {**phases.fit_phases(candidates), "kind": ESTIMATE}
+    points, source = _window_points(
+        rows, l_star, status_step, settings.fit_window, candidates, phase
+    )
+    fit = {**phases.fit_rate(points), "window_source": source, "kind": ESTIMATE}
     window_steps = {s for s, _ in points} if fit["window"] else set()
+    why = claims.reasons(facts, diverged_step)
 
     pl = _series(rows, "pl_ratio")
     pl_values = [v for _, v in pl]
+    envelope = _min([v for s, v in pl if s in window_steps])
     drift = _series(rows, "drift")
     lambda_min = _series(rows, "ntk_lambda_min")
-    mu = _min([v for _, v in lambda_min])
-    rate_bound = None if mu is None else 1.0 - learning_rate * mu
-    violations = (
-        None
-        if rate_bound is None
-        else _check_bound(
-            rows, l_star, floor, status_step if status == "diverged" else None, rate_bound
-        )
-    )
+    sharpness = stability.sharpness_section(rows, learning_rate, diverged_step)
+    if why.kernel:
+        sharpness.update(gauss_newton_max=None, gauss_newton_reason=why.kernel)
+    check_points = [(s, v - l_star) for s, v in _series(rows, "loss")]
+    if diverged_step is not None:
+        check_points = [(s, g) for s, g in check_points if s <= diverged_step]
+    check_points = [(s, g) for s, g in check_points if g > floor]
     summary = {
         "status": status,
         "status_step": status_step,
@@ -333,41 +282,42 @@ def summarize(rows, *, learning_rate, settings=None, num_steps=None):
         "l_star": float(l_star),
         "loss_bound": bound_used,
         "precision_floor": floor,
+        "phases": phase,
         "fit": fit,
         "pl_ratio": {
             "min": _min(pl_values),
             "median": float(np.median(pl_values)) if pl_values else None,
-            "lower_envelope": _min([v for s, v in pl if s in window_steps]),
+            "lower_envelope": envelope,
+            "kind": MEASURED,
         },
         "drift": {
             "final": _last(drift),
             "max": _max([v for _, v in drift]),
             "relative_final": _last(_series(rows, "relative_drift")),
+            "kind": MEASURED,
         },
         "ntk": {
             "lambda_min_init": lambda_min[0][1] if lambda_min else None,
-            "lambda_min_min": mu,
+            "lambda_min_min": _min([v for _, v in lambda_min]),
             "lambda_max_max": _max([v for _, v in _series(rows, "ntk_lambda_max")]),
             "kernel_drift_final": _last(_series(rows, "kernel_drift")),
+            "output_mode": facts.get("ntk_output_mode", "full"),
+            "kind": MEASURED,
         },
-        "sharpness": _sharpness(rows, learning_rate),
-        "bound": {
-            "mu": mu,
-            "rate_bound": rate_bound,
-            "fitted_rate": fit["rate"],
-            "holds": None if violations is None else not violations,
-            "violations": violations,
-            "relative_slack": BOUND_RELATIVE_SLACK,
-        },
-        "certificate": _certificate(rows, kernel_drift_bound),
-        "linearized": _linearized(
-            rows, l_star, floor, status_step if status == "diverged" else None
+        "sharpness": sharpness,
+        "bound": claims.bound_section(
+            rows, learning_rate, facts, fit, envelope, sharpness["max"], check_points, why
         ),
+        "a_posteriori": claims.a_posteriori_section(rows, why),
+        "regime": claims.regime_section(rows, settings.kernel_drift_bound, why),
+        "a_priori": claims.a_priori_section(facts.get("a_priori"), why),
+        "linearized": _linearized(rows, diverged_step, settings.linearized_threshold),
         "settings": {
             "learning_rate": float(learning_rate),
             "num_steps": num_steps,
             **settings.as_dict(),
         },
+        "run": facts or None,
     }
     divergence_loss = None
     if status == "diverged":

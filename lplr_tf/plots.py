@@ -1,10 +1,10 @@
 """Figures of a run's metric history and summary (PNG, Agg canvas, no display, no pyplot).
 
-`plot_convergence` draws the 2×2 convergence figure of a run; `plot_comparison` overlays
-several runs. Both take the rows of metrics.jsonl and the dict of `analysis.summarize`; a
-panel whose metrics were not logged says "not measured" instead of failing. Figures are
-built with `matplotlib.figure.Figure` and the Agg canvas directly, so no global backend or
-pyplot state is touched.
+`plot_convergence` draws the convergence figure of a run (2×2 panels and a local-rate
+strip); `plot_comparison` overlays several runs. Both take the rows of metrics.jsonl and
+the dict of `analysis.summarize`; a panel whose metrics were not logged says "not
+measured" instead of failing. Figures are built with `matplotlib.figure.Figure` and the Agg
+canvas directly, so no global backend or pyplot state is touched.
 """
 
 import math
@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lplr_tf import analysis
 from lplr_tf.verdict import format_rate
 
 
@@ -187,6 +188,64 @@ def _drift_panel(axis, rows, kernel_drift_bound):
     axis.legend(handles=handles, fontsize=7, loc="best")
 
 
+def _local_rate_panel(axis, rows, summary):
+    """1 − ρ_t of the local rates (log), with τ, the fitted rate and the GD bounds."""
+    title = "(e) local rate: 1 − ρ_t, ρ_t = (g_t / g_{t'})^{1/(t − t')} between logged steps"
+    rates = analysis.local_rates(rows, summary)
+    if not rates:
+        _not_measured(axis, "local rate")
+        axis.set_title(title)
+        return
+    steps = np.array([s for s, _ in rates], dtype=np.float64)
+    values = np.array([r for _, r in rates], dtype=np.float64)
+    falling = values < 1.0
+    axis.plot(steps[falling], 1.0 - values[falling], "o-", markersize=2, label="1 − ρ_t")
+    if not falling.all():
+        floor = float(np.min(1.0 - values[falling])) if falling.any() else 1e-6
+        axis.plot(
+            steps[~falling],
+            np.full((~falling).sum(), floor),
+            "x",
+            color="red",
+            label="ρ_t ≥ 1 (the loss rose)",
+        )
+    fit = summary["fit"]
+    if fit["rate"] is not None and fit["rate"] < 1.0:
+        start, end = fit["window"]
+        axis.plot(
+            [start, end],
+            [1.0 - fit["rate"]] * 2,
+            "--",
+            color="black",
+            label=f"fit ρ̂ = {format_rate(fit['rate'])}",
+        )
+    bound = summary["bound"]
+    for key, style, label in [
+        ("rate_bound", ":", "ρ_bound = 1 − ημ"),
+        ("rate_descent", "-.", "ρ_descent"),
+        ("rate_envelope", (0, (1, 3)), "ρ_envelope"),
+    ]:
+        value = bound.get(key)
+        if value is not None and 0.0 < value < 1.0:
+            axis.axhline(
+                1.0 - value,
+                color="red",
+                linestyle=style,
+                linewidth=1,
+                label=f"{label} = {format_rate(value)}",
+            )
+    tau = summary["phases"]["transition_step"]
+    if tau is not None:
+        axis.axvline(
+            tau, color="tab:green", linewidth=1.2, label=f"τ = {tau} ({summary['phases']['model']})"
+        )
+    axis.set_yscale("log")
+    axis.set_xlabel("step")
+    axis.set_ylabel("1 − ρ_t (per-step contraction)")
+    axis.set_title(title)
+    axis.legend(fontsize=7)
+
+
 def _save(figure, path):
     directory = os.path.dirname(os.fspath(path))
     if directory:
@@ -196,12 +255,13 @@ def _save(figure, path):
 
 
 def plot_convergence(rows, summary, path, title=None):
-    """Saves the 2×2 convergence figure of one run as a PNG.
+    """Saves the convergence figure of one run (2×2 panels and a local-rate strip) as a PNG.
 
     Panels: (a) L − L* (log) with the fitted line over the window, the bound curve
     (L₀ − L*)·ρ_bound^t and the linearized prediction; (b) the PL ratio inside the band
     [λ_min(K_t), λ_max(K_t)]; (c) λ_min, λ_max and the sharpness against 2/η; (d) parameter
-    drift and relative kernel drift (twin axes).
+    drift and relative kernel drift (twin axes); (e) the local rate 1 − ρ_t (log) with the
+    transition step τ, the fitted rate and the GD bounds.
 
     Args:
       rows: Metric rows (dicts with `step`), sorted by step.
@@ -210,12 +270,14 @@ def plot_convergence(rows, summary, path, title=None):
       title: Optional run name shown before the settings in the figure title.
     """
     settings = summary["settings"]
-    figure = Figure(figsize=(12, 9))
-    axes = figure.subplots(2, 2)
-    _loss_panel(axes[0, 0], rows, summary)
-    _pl_panel(axes[0, 1], rows)
-    _spectrum_panel(axes[1, 0], rows, settings["learning_rate"])
-    _drift_panel(axes[1, 1], rows, settings["kernel_drift_bound"])
+    figure = Figure(figsize=(12, 12.5))
+    grid = figure.add_gridspec(3, 2)
+    axes = [[figure.add_subplot(grid[row, column]) for column in (0, 1)] for row in (0, 1)]
+    _loss_panel(axes[0][0], rows, summary)
+    _pl_panel(axes[0][1], rows)
+    _spectrum_panel(axes[1][0], rows, settings["learning_rate"])
+    _drift_panel(axes[1][1], rows, settings["kernel_drift_bound"])
+    _local_rate_panel(figure.add_subplot(grid[2, :]), rows, summary)
     head = f"{title} — " if title else ""
     where = (
         f"at step {summary['status_step']}"

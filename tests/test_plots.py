@@ -70,3 +70,31 @@ def test_plot_comparison(tmp_path):
     assert_png(tmp_path / "comparison.png")
     with pytest.raises(ValueError, match="runs=\\[\\]"):
         plots.plot_comparison([], tmp_path / "empty.png")
+
+
+def test_local_rate_panel_draws_the_analysis_numbers_and_tau():
+    from matplotlib.figure import Figure
+
+    tau = 300
+    rows = [
+        {
+            "step": s,
+            "loss": (1.0 + s) ** -1.0 if s <= tau else (1.0 + tau) ** -1.0 * 0.99 ** (s - tau),
+        }
+        for s in range(0, 1001, 10)
+    ]
+    rows[50]["loss"] *= 3.0  # one rise: drawn as a marker, not on the log axis
+    summary = analysis.summarize(
+        rows, learning_rate=0.1, settings=analysis.Settings(tolerance=1e-30)
+    )
+    axis = Figure().add_subplot()
+    plots._local_rate_panel(axis, rows, summary)
+    rates = analysis.local_rates(rows, summary)
+    falling = [(s, r) for s, r in rates if r < 1]
+    line = axis.get_lines()[0]
+    assert list(line.get_xdata()) == [s for s, _ in falling]
+    assert list(line.get_ydata()) == pytest.approx([1 - r for _, r in falling])
+    rises = [ln for ln in axis.get_lines() if ln.get_label().startswith("ρ_t ≥ 1")]
+    assert list(rises[0].get_xdata()) == [500]
+    tau_lines = [ln for ln in axis.get_lines() if ln.get_label().startswith("τ = ")]
+    assert list(tau_lines[0].get_xdata()) == [summary["phases"]["transition_step"]] * 2
