@@ -78,7 +78,7 @@ def test_wide_net_follows_linearized_prediction_and_narrow_net_leaves_it(tmp_pat
         4.0,
         200,
         depth=1,
-        width=8,
+        width=4,
         parameterization="ntk",
         activation="tanh",
         weight_std=1.0,
