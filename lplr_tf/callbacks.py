@@ -2,7 +2,7 @@
 
     callback = lplr_tf.LPLRCallback((x_probe, y_probe), every_n_steps=10, state_dir="runs/a")
     model.fit(x, y, batch_size=len(x), shuffle=False, epochs=200,
-              callbacks=[callback, keras.callbacks.EarlyStopping("lplr/pl_ratio")])
+              callbacks=[callback, keras.callbacks.EarlyStopping("lplr/pl_ratio", mode="min")])
     print(callback.summary()["verdict"])
 
 `LPLRCallback` works with any compiled Keras 3 model trained by the standard `fit` (its own
@@ -20,7 +20,8 @@ measured value of each key (NTK keys: the last probe's; a non-finite value is Na
 `CallbackList` hands one `logs` dict to its callbacks in list order, so the callbacks that
 read these keys (EarlyStopping, ReduceLROnPlateau, TensorBoard, CSVLogger) must come *after*
 the LPLRCallback in `callbacks=[...]`; `History` and the progress bar are appended by Keras
-at the end and always see them.
+at the end and always see them. (Keras cannot tell whether an `lplr/` key should go up or
+down: EarlyStopping and ReduceLROnPlateau need `mode=`.)
 
 Steps and state. The step is the optimizer's `iterations` (with `steps_per_execution = k` the
 callback sees every k-th step and measures at the first one at or past each due step). The
@@ -54,17 +55,12 @@ from lplr_tf import analysis, validation
 from lplr_tf.diagnostics import Diagnostics, ProbeSettings
 from lplr_tf.distribute import is_chief
 from lplr_tf.keras_training import (
-    caveat_reasons,
     caveat_text,
-    inner_optimizer,
-    is_plain_sgd,
     logits_hint,
-    loss_name,
-    loss_scale,
     not_covered_reasons,
     not_covered_verdict,
-    optimizer_learning_rate,
     output_activation,
+    training_info,
 )
 from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.probing import Recorder, Schedule
@@ -340,41 +336,15 @@ class LPLRCallback(keras.callbacks.Callback):
 
     def _training_info(self, num_outputs, outputs, y_probe):
         """What the model trains with, the summary's η, the caveat and not-covered reasons."""
-        model = self.model
-        loss = getattr(model, "loss", None)
-        scale = loss_scale(loss, num_outputs)
-        optimizer = getattr(model, "optimizer", None)
-        value, schedule = optimizer_learning_rate(optimizer)
-        steps = self.params.get("steps") if self.params else None
-        if self.learning_rate is not None:
-            learning_rate, source = float(self.learning_rate), "given explicitly"
-        elif value is None or not value > 0:
-            learning_rate, source = None, "unknown: pass learning_rate= to LPLRCallback"
-        elif scale is not None:
-            learning_rate = value * scale
-            source = (
-                f"optimizer learning rate {value:g} × {scale:g} (the training "
-                f"loss {loss_name(loss)!r} is {scale:g}·L)"
-            )
-        else:
-            learning_rate, source = value, f"optimizer learning rate {value:g}"
         network = self._measured.network
+        steps = self.params.get("steps") if self.params else None
         return {
-            "loss": loss_name(loss),
-            "squared_loss": scale is not None,
-            "loss_scale": scale,
-            "optimizer": type(inner_optimizer(optimizer)).__name__ if optimizer else None,
-            "plain_sgd": is_plain_sgd(optimizer),
-            "learning_rate_schedule": schedule,
-            "full_batch": None if steps is None else int(steps) == 1,
-            "learning_rate": learning_rate,
-            "learning_rate_source": source,
+            **training_info(self.model, num_outputs, steps, self.learning_rate, "LPLRCallback"),
             "probe_examples": int(self.x_probe.shape[0]),
             "measured_on": self._measured.description,
             "output_layer": self.output_layer,
             "output_activation": output_activation(network),
             "notes": list(self._measured.notes),
-            "caveat_reasons": caveat_reasons(loss, scale, optimizer, schedule, steps),
             "not_covered_reasons": not_covered_reasons(network, outputs, y_probe),
             "logits_hint": logits_hint(self._measured.source, "LPLRCallback"),
         }

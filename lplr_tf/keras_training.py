@@ -141,6 +141,52 @@ def caveat_text(reasons, learning_rate):
     )
 
 
+def training_info(model, num_outputs, steps_per_epoch, learning_rate=None, caller="LPLRCallback"):
+    """How a compiled model trains, and the step η on L that the summary's GD quantities use.
+
+    Args:
+      model: The compiled `keras.Model`.
+      num_outputs: O, the measured outputs per example (for the scale of Keras' "mse").
+      steps_per_epoch: Batches per epoch of the `fit` (None when unknown).
+      learning_rate: An explicit η on L (wins), or None to read it from the optimizer and
+        convert it by the loss scale: η = c·η_opt when the training loss is c·L.
+      caller: The name shown in `learning_rate_source`.
+
+    Returns:
+      A dict with loss, squared_loss, loss_scale, optimizer, plain_sgd,
+      learning_rate_schedule, full_batch, learning_rate (None when unknown),
+      learning_rate_source and caveat_reasons.
+    """
+    loss = getattr(model, "loss", None)
+    scale = loss_scale(loss, num_outputs)
+    optimizer = getattr(model, "optimizer", None)
+    value, schedule = optimizer_learning_rate(optimizer)
+    if learning_rate is not None:
+        learning_rate, source = float(learning_rate), "given explicitly"
+    elif value is None or not value > 0:
+        learning_rate, source = None, f"unknown: pass learning_rate= to {caller}"
+    elif scale is not None:
+        learning_rate = value * scale
+        source = (
+            f"optimizer learning rate {value:g} × {scale:g} (the training "
+            f"loss {loss_name(loss)!r} is {scale:g}·L)"
+        )
+    else:
+        learning_rate, source = value, f"optimizer learning rate {value:g}"
+    return {
+        "loss": loss_name(loss),
+        "squared_loss": scale is not None,
+        "loss_scale": scale,
+        "optimizer": type(inner_optimizer(optimizer)).__name__ if optimizer else None,
+        "plain_sgd": is_plain_sgd(optimizer),
+        "learning_rate_schedule": schedule,
+        "full_batch": None if steps_per_epoch is None else int(steps_per_epoch) == 1,
+        "learning_rate": learning_rate,
+        "learning_rate_source": source,
+        "caveat_reasons": caveat_reasons(loss, scale, optimizer, schedule, steps_per_epoch),
+    }
+
+
 def _activation_name(layer):
     """The activation a layer applies last, by name ('softmax', 'linear', ...), or None."""
     if isinstance(layer, keras.layers.Softmax):

@@ -11,6 +11,7 @@ import lplr_tf
 from lplr_tf import experiment, protocol
 from lplr_tf.data import Dataset
 from lplr_tf.diagnostics import ProbeSettings
+from lplr_tf.keras_training import caveat_reasons, caveat_text, optimizer_learning_rate
 from lplr_tf.losses import HalfSquaredError
 from lplr_tf.models.fc import build_model
 
@@ -167,6 +168,25 @@ def test_callback_with_adam_and_cross_entropy_reports_with_caveat(tmp_path):
     json.dumps(summary)
 
 
+def test_caveat_names_momentum_schedules_and_adaptive_steps_in_one_line():
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    heavy_ball = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+    rate, schedule_name = optimizer_learning_rate(heavy_ball)
+    assert (rate, schedule_name) == (0.1, "ExponentialDecay")
+    reasons = caveat_reasons("mse", 1.0, heavy_ball, schedule_name, steps_per_epoch=1)
+    assert reasons == [
+        "SGD with momentum 0.9, Nesterov",
+        "ExponentialDecay schedule (η is its value at train begin)",
+    ]
+    text = caveat_text(reasons, 0.2)
+    assert "plain GD with η = 0.2" in text and len(text) < 400
+    plain = keras.optimizers.SGD(0.1)
+    assert caveat_reasons(HalfSquaredError(), 1.0, plain, None, steps_per_epoch=1) == []
+    assert caveat_text([], 0.1) is None
+    clipped = keras.optimizers.RMSprop(0.1, clipnorm=1.0)
+    assert caveat_reasons("mse", 1.0, clipped, None, 1) == ["RMSprop steps"]
+
+
 def test_callback_mixed_precision_measures_in_float32():
     dataset = _dataset(num_examples=8, output_dim=2)
     reference = _sequential(4, 2)
@@ -204,6 +224,7 @@ import keras
 import numpy as np
 import lplr_tf
 from lplr_tf.diagnostics import ProbeSettings
+from lplr_tf.keras_training import caveat_reasons, caveat_text, optimizer_learning_rate
 
 NO_SHARPNESS = ProbeSettings(measure_sharpness=False)
 rng = np.random.default_rng(0)
