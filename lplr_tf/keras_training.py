@@ -287,9 +287,9 @@ def not_covered_reasons(network, outputs, targets):
 
 def not_covered_verdict(reasons, lambda_min, logits_hint_text):
     """The summary's verdict for a model the theory does not cover (replaces the GD one)."""
-    measured = "" if lambda_min is None else f" (measured λ_min(K) = {lambda_min:.3g})"
+    measured = "" if lambda_min is None else f"; measured λ_min(K) = {lambda_min:.3g}"
     return (
-        f"Not covered by the LPLR theory: {'; '.join(reasons)}{measured}, so ρ_bound, the PL "
-        f"bound and the certificate say nothing here. Measure the logits: {logits_hint_text} "
+        f"Not covered by the LPLR theory: {'; '.join(reasons)}{measured}. ρ_bound, the PL bound "
+        f"and the certificate say nothing here. Measure the logits: {logits_hint_text} "
         f"({NOT_COVERED_POINTER})."
     )
