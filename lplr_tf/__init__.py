@@ -2,8 +2,10 @@
 
 Public API for your own TF pipeline (imported lazily, so `import lplr_tf` stays light):
 
-    lplr_tf.LPLRCallback(probe_data, ...)    # a keras callback for model.fit
+    lplr_tf.LPLRCallback(probe_data, ...)    # a keras callback for model.fit (lplr/ logs)
     lplr_tf.diagnose(model, x, y, ...)       # the LPLR quantities at the current weights
+    lplr_tf.diagnose(model, dataset, ...)    # ... on a finite tf.data.Dataset of (x, y)
+    lplr_tf.losses.HalfSquaredError()        # the loss L itself, for model.compile
     lplr_tf.analysis.summarize(rows, learning_rate=eta)   # a metric history -> summary
 """
 
@@ -22,6 +24,7 @@ _SUBMODULES = (
     "data",
     "diagnostics",
     "hessian",
+    "losses",
     "ntk",
     "plots",
     "report",

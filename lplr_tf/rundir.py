@@ -133,8 +133,8 @@ class RunDirectory:
 
     # metrics.jsonl ------------------------------------------------------------------------
 
-    def read_metrics(self):
-        """Reads metrics.jsonl into a list of dicts sorted by step.
+    def read_metrics(self, path=None):
+        """Reads metrics.jsonl (or the metrics file at `path`) into a list of dicts sorted by step.
 
         A last line that is not valid JSON (truncated by a crash) is skipped; a malformed
         line elsewhere is an error. When a step appears more than once, the last row wins.
@@ -143,7 +143,7 @@ class RunDirectory:
           FileNotFoundError: the directory has no metrics.jsonl.
           ValueError: a malformed line before the last one, or a row without `step`.
         """
-        path = self.metrics
+        path = path or self.metrics
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{path}: no metrics file; expected the metrics.jsonl that lplr-train writes "

@@ -1,7 +1,8 @@
 """A user's model and probe data, made ready for the probes.
 
 `probe_arrays` / `probe_targets` turn arrays or a finite `tf.data.Dataset` into the (n, ...)
-and (n, O) float32 arrays the probes need; `MeasuredNetwork` measures a mixed-precision model
+and (n, O) float32 arrays the probes need; `output_submodel` cuts a model at a named layer
+(to measure the logits before a softmax); `MeasuredNetwork` measures a mixed-precision model
 through a float32 copy; `outside_strategy` runs a measurement outside any `tf.distribute`
 scope (strategy scopes are per thread).
 """
@@ -39,8 +40,15 @@ def probe_arrays(probe_data, caller="LPLRCallback"):
                     f"{caller}: probe_data yields {type(element).__name__} elements; expected "
                     "(x, y) or (x, y, sample_weight) batches. Map the dataset to (x, y)."
                 )
-            xs.append(np.asarray(element[0]))
-            ys.append(np.asarray(element[1]))
+            x_batch, y_batch = np.asarray(element[0]), np.asarray(element[1])
+            if x_batch.ndim == 0 or y_batch.ndim == 0:
+                raise ValueError(
+                    f"{caller}: probe_data yields unbatched elements (x of shape "
+                    f"{x_batch.shape}, y of shape {y_batch.shape}); expected batches with the "
+                    "examples on the leading axis. Call dataset.batch(k) first."
+                )
+            xs.append(x_batch)
+            ys.append(y_batch)
         if not xs:
             raise ValueError(
                 f"{caller}: probe_data is an empty tf.data.Dataset; expected at "
@@ -55,9 +63,14 @@ def probe_arrays(probe_data, caller="LPLRCallback"):
             "arrays with n examples each, or a finite tf.data.Dataset of (x, y) batches."
         )
     if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        batched = (
+            " (a tf.data.Dataset must yield batches: call dataset.batch(k))"
+            if isinstance(probe_data, tf.data.Dataset)
+            else ""
+        )
         raise ValueError(
             f"{caller}: probe x has shape {x.shape} and y has shape {y.shape}; expected the "
-            "same positive number of examples n on the leading axis of both."
+            f"same positive number of examples n on the leading axis of both{batched}."
         )
     if np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float32)
@@ -86,6 +99,51 @@ def probe_targets(y, num_outputs, caller="LPLRCallback"):
             "encoded like the model's outputs."
         )
     return y.reshape(n, num_outputs).astype(np.float32)
+
+
+def output_submodel(model, output_layer, caller="LPLRCallback"):
+    """The model, or the part of it from its inputs to the output of the layer `output_layer`.
+
+    The sub-model shares the model's variables (its trainable variables are those of the
+    layers up to `output_layer`). Typically `output_layer` names the logits layer before a
+    softmax, whose output the LPLR theory can cover.
+
+    Args:
+      model: A built Sequential or functional `keras.Model`.
+      output_layer: A layer name, or None (the model itself).
+      caller: The name shown in errors.
+
+    Raises:
+      ValueError: no such layer, or a subclassed model (no graph to cut).
+    """
+    if output_layer is None:
+        return model
+    names = [layer.name for layer in model.layers]
+    if output_layer not in names:
+        raise ValueError(
+            f"{caller}: output_layer={output_layer!r} is not a layer of model {model.name!r}; "
+            f"expected one of {names}."
+        )
+    if isinstance(model, keras.Sequential):
+        # Re-applied on a fresh Input: a Sequential built by a call has a fixed batch size.
+        inputs = keras.Input(batch_shape=(None, *model.input_shape[1:]))
+        outputs = inputs
+        for layer in model.layers:
+            outputs = layer(outputs)
+            if layer.name == output_layer:
+                break
+        return keras.Model(inputs, outputs, name=f"{model.name}_{output_layer}")
+    try:
+        inputs, outputs = model.inputs, model.get_layer(output_layer).output
+    except (AttributeError, ValueError):  # subclassed, or a layer called more than once
+        inputs = outputs = None
+    if not inputs or outputs is None:
+        raise ValueError(
+            f"{caller}: output_layer={output_layer!r} needs a Sequential or functional model; "
+            f"model {model.name!r} is a {type(model).__name__} whose graph cannot be cut there. "
+            "Measure a model that returns that layer's output (n, O) instead."
+        )
+    return keras.Model(inputs, outputs, name=f"{model.name}_{output_layer}")
 
 
 def _layers(model):
@@ -123,30 +181,40 @@ def _float32_clone(model):
 
 
 class MeasuredNetwork:
-    """The network the probes run on: the model itself, or its float32 copy.
+    """The network the probes run on: the model (or its part up to `output_layer`), or a float32
+    copy of it.
 
-    Under mixed precision the copy (same architecture, float32 dtype policy, the model's
-    weights copied by `sync()` before every measurement) makes kernels and gradients float32.
+    Under mixed precision the copy (same architecture, float32 dtype policy, the weights copied
+    by `sync()` before every measurement) makes kernels and gradients float32.
+
+    Args:
+      model: The user's `keras.Model` (built here on `x_example` if needed).
+      x_example: One input batch, (1, ...).
+      output_layer: The name of the layer whose output is measured (`output_submodel`), or
+        None for the model's output.
+      caller: The name shown in errors.
 
     Attributes:
       network: The `keras.Model` to measure.
-      description: "model" or "float32 copy of a mixed-precision model", for the summary.
+      description: What is measured, for the summary ("model", "layer 'logits' of the
+        model", "float32 copy of ...").
       notes: Problems found (e.g. a mixed-precision model that could not be copied).
     """
 
-    def __init__(self, model, x_example):
+    def __init__(self, model, x_example, output_layer=None, caller="LPLRCallback"):
         self.model = model
-        self.network = model
-        self.description = "model"
         self.notes = []
         if not model.built:
             model(x_example, training=False)
-        if is_reduced_precision(model):
+        self.source = output_submodel(model, output_layer, caller)
+        self.network = self.source
+        self.description = "model" if output_layer is None else f"layer {output_layer!r}"
+        if is_reduced_precision(self.source):
             try:
-                copy = _float32_clone(model)
+                copy = _float32_clone(self.source)
                 copy(x_example, training=False)
                 if is_reduced_precision(copy) or [tuple(w.shape) for w in copy.weights] != [
-                    tuple(w.shape) for w in model.weights
+                    tuple(w.shape) for w in self.source.weights
                 ]:
                     raise ValueError("the float32 clone differs from the model")
             except Exception as error:
@@ -159,13 +227,13 @@ class MeasuredNetwork:
                 self.notes.append(note)
             else:
                 self.network = copy
-                self.description = "float32 copy of a mixed-precision model"
+                self.description = f"float32 copy of the mixed-precision {self.description}"
         self.sync()
 
     def sync(self):
         """Copies the model's current weights into the copy (no-op on the model itself)."""
-        if self.network is not self.model:
-            self.network.set_weights(self.model.get_weights())
+        if self.network is not self.source:
+            self.network.set_weights(self.source.get_weights())
 
     def num_outputs(self, x_example):
         outputs = self.network(x_example, training=False)

@@ -6,9 +6,12 @@
 A small convolutional network on the 8x8 digits (0 vs 1, ±1 targets) is trained by plain
 `model.fit` with SGD on full batches (batch_size = n, shuffle=False): exactly gradient descent.
 `lplr_tf.LPLRCallback` measures the squared loss, the PL ratio, the NTK spectrum, the drift
-and the sharpness along the way; the script prints the summary's verdict and key numbers and
-writes, in --output_dir, the run directory files that `lplr-report` reads:
-metrics.jsonl, summary.json, tb/ (TensorBoard) and plots/convergence.png.
+and the sharpness along the way and puts them into Keras' logs (`lplr/pl_ratio`, ...: the
+`History` below); Keras' `BackupAndRestore` makes the run resumable (interrupt it and run the
+same command again: the record continues from the original θ₀). The script prints the
+summary's verdict and key numbers and writes, in --output_dir, the run directory files that
+`lplr-report` reads: metrics.jsonl, reference.npz (θ₀, K₀), summary.json, tb/ (TensorBoard)
+and plots/convergence.png.
 """
 
 import argparse
@@ -99,16 +102,18 @@ def main(argv=None):
         every_n_steps=every,
         probe_settings=ProbeSettings(measure_sharpness=not args.smoke),
         logdir=os.path.join(args.output_dir, "tb"),
-        metrics_path=os.path.join(args.output_dir, "metrics.jsonl"),
+        state_dir=args.output_dir,  # metrics.jsonl and reference.npz: a resumable record
     )
-    model.fit(
+    # Callbacks that read the lplr/ keys (EarlyStopping, TensorBoard, ...) go after it.
+    backup = keras.callbacks.BackupAndRestore(os.path.join(args.output_dir, "backup"))
+    history = model.fit(
         digits.x,
         digits.y,
         batch_size=digits.n,
         epochs=epochs,
         shuffle=False,
         verbose=0,
-        callbacks=[callback],
+        callbacks=[callback, backup],
     )
 
     summary = callback.summary()
@@ -136,6 +141,11 @@ def main(argv=None):
         f"λ_min(K_0) = {_fmt(ntk['lambda_min_init'])}, min_t λ_min(K_t) = "
         f"{_fmt(ntk['lambda_min_min'])}, final kernel drift = {_fmt(ntk['kernel_drift_final'])}, "
         f"min PL ratio = {_fmt(summary['pl_ratio']['min'])}"
+    )
+    logs = history.history
+    print(
+        f"Keras History: lplr/pl_ratio = {_fmt(logs['lplr/pl_ratio'][-1])} "
+        f"(measured at step {logs['lplr/step'][-1]:g}) after epoch {len(logs['loss'])}"
     )
     if summary["caveat"]:
         print(f"caveat: {summary['caveat']}")

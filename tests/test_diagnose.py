@@ -1,11 +1,16 @@
-"""lplr_tf.diagnose against the closed forms of a linear model f(x) = x W + b."""
+"""lplr_tf.diagnose against the closed forms of a linear model f(x) = x W + b; its inputs (arrays,
+datasets), a named layer's output, and the outputs the theory does not cover."""
+
+import warnings
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import lplr_tf
 from lplr_tf.diagnostics import ProbeSettings as PROBE
+from lplr_tf.keras_training import logits_hint, not_covered_reasons
 
 NO_SHARPNESS = PROBE(measure_sharpness=False)
 
@@ -102,3 +107,97 @@ def test_summarize_is_public_on_a_callback_history():
     # The bound ρ_bound = 1 − η·min λ_min(K_t) holds for plain GD on a linear model.
     assert summary["bound"]["holds"] is True
     assert callback.summary()["bound"] == summary["bound"]
+
+
+def test_diagnose_takes_a_dataset_like_the_callback():
+    x, y = _data(7, 3, 2, seed=6)
+    model = _linear(3, 2)
+    from_arrays = lplr_tf.diagnose(model, x, y, probe_settings=NO_SHARPNESS)
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(3)  # batches of 3, 3, 1
+    assert lplr_tf.diagnose(model, batches, probe_settings=NO_SHARPNESS) == from_arrays
+    weighted = tf.data.Dataset.from_tensor_slices((x, y, np.ones(7, np.float32))).batch(4)
+    assert lplr_tf.diagnose(model, weighted, probe_settings=NO_SHARPNESS) == from_arrays
+    # Closed form of the linear model: Θ = (X Xᵀ + 1) ⊗ I (n = 7 > d + 1 = 4: λ_min(K) = 0).
+    ntk = np.kron(x.astype(np.float64) @ x.T.astype(np.float64) + 1.0, np.eye(2)) / 7
+    np.testing.assert_allclose(from_arrays["ntk_lambda_max"], np.linalg.eigvalsh(ntk)[-1], 1e-5)
+
+    with pytest.raises(ValueError, match=r"x is a tf.data.Dataset and y is a ndarray"):
+        lplr_tf.diagnose(model, batches, y)
+    with pytest.raises(ValueError, match=r"x is a ndarray and y is None"):
+        lplr_tf.diagnose(model, x)
+    unbatched = tf.data.Dataset.from_tensor_slices((x, y[:, 0]))
+    with pytest.raises(ValueError, match=r"unbatched elements .* Call dataset.batch\(k\)"):
+        lplr_tf.diagnose(model, unbatched)
+    with pytest.raises(ValueError, match=r"dataset.batch\(k\)"):
+        lplr_tf.diagnose(model, tf.data.Dataset.from_tensor_slices((x, y)))
+
+
+def test_diagnose_measures_a_named_layer_and_warns_on_a_softmax():
+    x, y = _data(4, 5, 3, seed=8)  # n ≤ d: the logits' kernel is regular
+    labels = np.array([2, 0, 1, 2])
+    logits = _linear(5, 3)
+    model = keras.Sequential([logits, keras.layers.Softmax(name="probabilities")])
+    model.build((None, 5))
+    expected = lplr_tf.diagnose(logits, x, labels, probe_settings=NO_SHARPNESS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        measured = lplr_tf.diagnose(
+            model, x, labels, probe_settings=NO_SHARPNESS, output_layer=logits.name
+        )
+    assert measured == expected
+    x64 = x.astype(np.float64)
+    eigenvalues = np.linalg.eigvalsh(np.kron(x64 @ x64.T + 1.0, np.eye(3)) / 4)
+    np.testing.assert_allclose(measured["ntk_lambda_min"], eigenvalues[0], rtol=1e-4)
+
+    with pytest.warns(UserWarning, match="Not covered by the LPLR theory: the softmax output"):
+        probabilities = lplr_tf.diagnose(model, x, labels, probe_settings=NO_SHARPNESS)
+    assert abs(probabilities["ntk_lambda_min"]) <= 1e-6 * probabilities["ntk_lambda_max"]
+
+    with pytest.raises(ValueError, match=r"output_layer='logitz' is not a layer of model"):
+        lplr_tf.diagnose(model, x, labels, output_layer="logitz")
+
+
+class _Subclassed(keras.Model):
+    """A model whose graph Keras cannot show: the softmax is inside `call`."""
+
+    def __init__(self, softmax):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="tanh")
+        self.out = keras.layers.Dense(3)
+        self.softmax = softmax
+
+    def call(self, inputs):
+        outputs = self.out(self.hidden(inputs))
+        return tf.nn.softmax(outputs) if self.softmax else outputs
+
+
+def test_not_covered_outputs_are_found_by_activation_or_by_their_sums():
+    x, _ = _data(6, 4, 1, seed=9)
+    one_hot = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+
+    def reasons(model, targets=one_hot):
+        return not_covered_reasons(model, model(x), targets)
+
+    assert "sum to 1," in reasons(_Subclassed(softmax=True))[0]
+    assert reasons(_Subclassed(softmax=False)) == []
+    zero = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, kernel_initializer="zeros")])
+    assert reasons(zero) == []  # outputs that do not vary are not a softmax
+    log_softmax = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, "log_softmax")])
+    assert reasons(log_softmax)[0].startswith("the log_softmax output makes K")
+
+    # A sigmoid reaches 0/1 only at infinite logits; targets inside (0, 1) are attainable.
+    sigmoid = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), keras.layers.Activation("sigmoid")]
+    )
+    assert reasons(sigmoid) == [
+        "the sigmoid output reaches the targets 0/1 only at infinite logits, where K = Θ/n vanishes"
+    ]
+    assert reasons(sigmoid, 0.2 + 0.6 * one_hot) == []
+    assert logits_hint(sigmoid, "diagnose") == (
+        f"diagnose(..., output_layer={sigmoid.layers[0].name!r})"
+    )
+    subclassed = _Subclassed(softmax=True)
+    with pytest.raises(ValueError, match="needs a Sequential or functional model"):
+        lplr_tf.diagnose(
+            subclassed, x, one_hot, output_layer=subclassed.hidden.name, probe_settings=NO_SHARPNESS
+        )

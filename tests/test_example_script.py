@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "example_own_model.py")
 
 
@@ -21,6 +23,7 @@ def test_example_own_model_smoke(tmp_path):
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "verdict: " in completed.stdout
     assert "η on L = 0.016 (optimizer learning rate 0.008 × 2" in completed.stdout
+    assert "(measured at step 12) after epoch 12" in completed.stdout
     plot = output_dir / "plots" / "convergence.png"
     assert plot.is_file() and plot.stat().st_size > 10_000
     with open(output_dir / "summary.json", encoding="utf-8") as file:
@@ -29,4 +32,8 @@ def test_example_own_model_smoke(tmp_path):
     with open(output_dir / "metrics.jsonl", encoding="utf-8") as file:
         steps = [json.loads(line)["step"] for line in file]
     assert steps == [0, 4, 8, 12]
+    with np.load(output_dir / "reference.npz", allow_pickle=False) as reference:
+        assert sorted(reference.files) == ["kernel0", "residual0", "theta0"]
+        assert reference["kernel0"].shape == (32, 32)  # n = 32 examples, one output
+    assert not os.path.exists(output_dir / "backup")  # BackupAndRestore cleans up at the end
     assert os.listdir(output_dir / "tb")
