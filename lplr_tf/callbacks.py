@@ -341,6 +341,7 @@ class LPLRCallback(keras.callbacks.Callback):
         return {
             **training_info(self.model, num_outputs, steps, self.learning_rate, "LPLRCallback"),
             "probe_examples": int(self.x_probe.shape[0]),
+            "num_outputs": num_outputs,
             "measured_on": self._measured.description,
             "output_layer": self.output_layer,
             "output_activation": output_activation(network),
@@ -387,6 +388,12 @@ class LPLRCallback(keras.callbacks.Callback):
             learning_rate=learning_rate,
             settings=self.analysis_settings,
             num_steps=self._num_steps,
+            run={
+                "protocol": "sgd" if self._info["full_batch"] is False else "gd",
+                "ntk_output_mode": self.probe_settings.ntk_output_mode,
+                "num_outputs": self._info["num_outputs"],
+                "probe_size": self._info["probe_examples"],
+            },
         )
         info = dict(self._info, learning_rate=float(learning_rate))
         summary["caveat"] = caveat_text(info["caveat_reasons"], learning_rate)

@@ -127,8 +127,12 @@ def test_callback_matches_launcher_gd(tmp_path, loss):
     assert summary["caveat"] is None
     assert summary["callback"]["plain_sgd"] and summary["callback"]["full_batch"]
     np.testing.assert_allclose(summary["settings"]["learning_rate"], LEARNING_RATE)
-    comparable = {k: v for k, v in launcher_summary.items() if k != "verdict"}
+    # The launcher also checks the ball at initialization and knows the whole training set.
+    differs = ("verdict", "run", "a_priori")
+    comparable = {k: v for k, v in launcher_summary.items() if k not in differs}
     _assert_close(summary, comparable, rtol=1e-3)
+    for fact in ("protocol", "ntk_output_mode", "num_outputs", "probe_size"):
+        assert summary["run"][fact] == (launcher_summary["run"] or summary["run"])[fact], fact
     assert summary["status"] == launcher_summary["status"] == "max_steps"
     assert summary["fit"]["rate"] is not None and summary["bound"]["mu"] > 0
 
