@@ -1,7 +1,6 @@
 """lplr-sweep --backend=ray on a local Ray instance (2 CPUs): the same tables as the local
 backend, a killed worker retried from its checkpoint, configuration errors not retried."""
 
-import glob
 import json
 import os
 import re
@@ -80,15 +79,34 @@ def test_ray_backend_writes_the_local_backends_tables_and_skips_finished_runs(
     assert not any(line.startswith("[sweep] submitted") for line in lines)
 
 
-def _checkpoint_steps(run_dir):
-    names = glob.glob(os.path.join(run_dir, "checkpoints", "ckpt-*.index"))
-    return sorted(int(re.search(r"ckpt-(\d+)", name).group(1)) for name in names)
+def _newest_checkpoint(run_dir):
+    """The step of the newest checkpoint that TensorFlow's state file lists (0 if none)."""
+    try:
+        state = _read(os.path.join(run_dir, "checkpoints", "checkpoint"))
+    except OSError:
+        return 0
+    found = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', state, flags=re.M)
+    return int(found.group(1)) if found else 0
 
 
-def _kill_mid_run(run_dir, killed, deadline_seconds=120):
-    """SIGKILLs the worker that runs in `run_dir` once it has a checkpoint past step 0."""
+def _logged_steps(run_dir):
+    try:
+        lines = _read(os.path.join(run_dir, "metrics.jsonl")).splitlines()
+    except OSError:
+        return [0]
+    steps = []
+    for line in lines:
+        try:
+            steps.append(json.loads(line)["step"])
+        except ValueError:
+            pass  # a line being written
+    return steps or [0]
+
+
+def _signal_mid_run(run_dir, signum, sent, deadline_seconds=120):
+    """Sends `signum` to the worker that runs in `run_dir` once it has a checkpoint past step 0."""
     deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline and not killed:
+    while time.monotonic() < deadline and not sent:
         try:
             pid = json.loads(_read(os.path.join(run_dir, "run.lock")))["pid"]
         except (OSError, ValueError, KeyError):
@@ -99,42 +117,54 @@ def _kill_mid_run(run_dir, killed, deadline_seconds=120):
         except ProcessLookupError:
             continue
         finished = os.path.exists(os.path.join(run_dir, "summary.json"))
-        if not finished and any(step > 0 for step in _checkpoint_steps(run_dir)):
-            os.kill(pid, signal.SIGKILL)
-            killed.append((pid, _checkpoint_steps(run_dir)))
-            return
+        logged = _logged_steps(run_dir)
+        # Mid-run: past a checkpoint after step 0, and at least 8 steps before the end.
+        if not finished and _newest_checkpoint(run_dir) > 0 and logged[-1] <= 40:
+            os.kill(pid, signum)
+            sent.append(_newest_checkpoint(run_dir))
         os.kill(pid, signal.SIGCONT)
         if finished:
             return
         time.sleep(0.01)
 
 
-def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(
+def test_killed_and_preempted_workers_are_retried_and_resume_from_their_checkpoints(
     local_ray, local_sweep, tmp_path
 ):
     workdir = str(tmp_path / "sweep")
-    killed, lines = [], []
-    killer = threading.Thread(target=_kill_mid_run, args=(os.path.join(workdir, VICTIM), killed))
-    killer.start()
+    victims = {VICTIM: signal.SIGKILL, "width=8/seed=1": signal.SIGTERM}
+    sent = {name: [] for name in victims}
+    killers = [
+        threading.Thread(
+            target=_signal_mid_run, args=(os.path.join(workdir, name), signum, sent[name])
+        )
+        for name, signum in victims.items()
+    ]
+    for killer in killers:
+        killer.start()
+    lines = []
     result = sweep.run_sweep(
         GIN_FILES, BINDINGS, GRID, SEEDS, workdir, backend="ray", plot=False, log=lines.append
     )
-    killer.join()
-    assert killed, "the victim finished before it could be killed"
+    for killer in killers:
+        killer.join()
+    assert all(sent.values()), f"a victim finished before it could be signalled: {sent}"
     assert any(f"{VICTIM}: attempt 1 died (WorkerCrashedError); retrying" in x for x in lines)
-    victim = next(run for run in result.runs if run.name == VICTIM)
-    assert victim.attempts == 2 and victim.status == "max_steps"
-    assert [run.attempts for run in result.runs if run.name != VICTIM] == [1, 1, 1]
-    # Resumed from its newest checkpoint, not from scratch, and ended as if never killed.
-    newest = max(killed[0][1])
-    assert f"(step {newest})." in _read(os.path.join(workdir, VICTIM, "train.log"))
+    assert any("width=8/seed=1: attempt 1 died (SIGTERM); retrying" in x for x in lines)
+    attempts = {run.name: run.attempts for run in result.runs}
+    assert attempts == {"width=8/seed=0": 1, "width=8/seed=1": 2, VICTIM: 2, "width=16/seed=1": 1}
+    # Each victim resumed from a checkpoint, not from scratch, and ended as if never stopped.
+    resumed = re.findall(
+        r"Resuming from .* \(step (\d+)\)\.", _read(f"{workdir}/{VICTIM}/train.log")
+    )
+    assert [int(step) for step in resumed] == sent[VICTIM]  # the newest checkpoint at the kill
+    preempted_log = _read(os.path.join(workdir, "width=8/seed=1", "train.log"))
+    assert "SIGTERM at step" in preempted_log and "Resuming from" in preempted_log
     assert _read(os.path.join(workdir, "sweep.csv")) == _read(
         os.path.join(local_sweep, "sweep.csv")
     )
-    steps = [
-        json.loads(line)["step"] for line in _read(f"{workdir}/{VICTIM}/metrics.jsonl").splitlines()
-    ]
-    assert steps == list(range(0, 49, 4))
+    for name in victims:
+        assert _logged_steps(os.path.join(workdir, name)) == list(range(0, 49, 4))
 
 
 def test_a_configuration_error_is_reported_and_not_retried(local_ray, tmp_path):
