@@ -41,7 +41,6 @@ from lplr_tf.errors import ConfigError
 from lplr_tf.sweep_grid import GridKey, parse_grid, parse_seeds, plan
 from lplr_tf.sweep_progress import SweepProgress
 from lplr_tf.sweep_report import CSV_FILE, MARKDOWN_FILE, plot_sweep, write_hparams, write_tables
-from lplr_tf.trainer import Interrupted
 
 SMOKE_CONFIG = "smoke.gin"
 BACKENDS = ("local", "ray")
@@ -170,19 +169,19 @@ def define_flags():
     values = flags.FlagValues()
     define = dict(flag_values=values)
     flags.DEFINE_multi_string(
-        "gin_file", [], "Gin config: a path, or the name of a file in gin_configs/.", **define
+        "gin_file", [], "Gin config: a path, or the name of a file in gin_configs/", **define
     )
     flags.DEFINE_multi_string(
         "gin_bindings",
         [],
-        "Gin binding applied to every run, e.g. 'data.digits.n = 200'.",
+        "Gin binding applied to every run, e.g. 'data.digits.n = 200'",
         **define,
     )
     flags.DEFINE_multi_string(
         "grid",
         [],
         "configurable.parameter=[v1,v2,...]: values of one gin parameter; every combination "
-        "of the --grid entries is run.",
+        "of the --grid entries is run",
         **define,
     )
     flags.DEFINE_string("seeds", "1", "N (seeds 0..N-1) or a list of seeds, e.g. 0,4,7.", **define)
@@ -190,7 +189,7 @@ def define_flags():
         "seed_parameter",
         [],
         "Gin parameter that takes the seed (repeatable); default: numerics.seed and the "
-        "seed of the model builder and of the protocol.",
+        "seed of the model builder and of the protocol",
         **define,
     )
     flags.DEFINE_string("workdir", None, "The sweep directory (required).", **define)
@@ -251,6 +250,15 @@ def main(argv=None, log=print):
     command = "lplr-sweep " + " ".join(
         f"'{a}'" if re.search(r"[\s\[\]()']", a) else a for a in argv
     )
+    backend_flags = {"local": ("parallel",)}
+    backend_flags["ray"] = ("ray_address", "cpus_per_trial", "gpus_per_trial", "max_retries")
+    for backend, names in backend_flags.items():
+        given = [f"--{name}" for name in names if values[name].present]
+        if given and values.backend != backend:
+            raise ConfigError(
+                f"{', '.join(given)} given with --backend={values.backend}; these flags are "
+                f"for --backend={backend}. Add --backend={backend} or drop them."
+            )
     ray_options = None
     if values.backend == "ray":
         ray_options = sweep_ray.RayOptions(
@@ -292,8 +300,12 @@ def console_main():
     except ValueError as error:  # ConfigError and every other message of lplr_tf
         print(f"lplr-sweep: error: {error}", file=sys.stderr)
         code = errors.EXIT_CONFIG_ERROR
-    except Interrupted as interruption:
-        print(f"lplr-sweep: {interruption}; rerun the same command to resume.", file=sys.stderr)
+    except Exception as error:
+        from lplr_tf.trainer import Interrupted  # imports TensorFlow: not before it is needed
+
+        if not isinstance(error, Interrupted):
+            raise
+        print(f"lplr-sweep: {error}; rerun the same command to resume.", file=sys.stderr)
         code = errors.EXIT_PREEMPTED
     sys.exit(code)
 

@@ -10,7 +10,6 @@ import subprocess
 import time
 
 from lplr_tf import errors, sweep_trial
-from lplr_tf.trainer import Interrupted
 
 _POLL_SECONDS = 0.2
 
@@ -27,6 +26,8 @@ def run_in_process(runs, gin_files, gin_bindings, progress, log):
       trainer.Interrupted: SIGTERM during a run (its checkpoint is written); the sweep stops
         and a rerun resumes that run and skips the finished ones.
     """
+    from lplr_tf.trainer import Interrupted  # imports TensorFlow
+
     with progress.ticking():
         for run in runs:
             progress.started(run)

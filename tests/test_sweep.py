@@ -185,6 +185,9 @@ def test_help_lists_every_flag_with_its_help():
         (["--parallel=two"], "flag --parallel=two"),
         (["--backend=spark"], "value should be one of <local|ray>"),
         (["--workdir=x", "extra"], "Unexpected arguments ['extra']"),
+        (["--workdir=x", "--gpus_per_trial=1"], "--gpus_per_trial given with --backend=local"),
+        (["--workdir=x", "--backend=ray", "--parallel=2"], "these flags are for --backend=local"),
+        (["--backend=ray", "--cpus_per_trial=-1"], "--cpus_per_trial=-1.0; expected a number"),
     ],
 )
 def test_bad_flags_are_one_message_and_exit_2(argv, expected, monkeypatch, capsys):
