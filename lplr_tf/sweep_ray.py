@@ -18,7 +18,8 @@ error is not retried: it is recorded with status `error` like any failed run.
 
 Output. A run's output (the launcher's log lines) goes to `train.log` in its run directory,
 not to this terminal; this process prints the progress lines of `sweep_progress` instead.
-Every run directory must be on storage that every node and this process see (BUILD.md).
+Every run directory must be on storage that every node and this process see
+(docs/sweeps.md).
 """
 
 import contextlib
@@ -156,12 +157,11 @@ def run_trial(gin_files, bindings, workdir, log_path):
 
     Returns:
       {"summary": dict or None, "error": str, "configuration_error": bool,
-       "interrupted": bool, "pid": the worker's process id}.
+       "interrupted": bool (SIGTERM: a checkpoint was written)}.
     """
     from lplr_tf.trainer import Interrupted
 
-    outcome = {"summary": None, "error": "", "configuration_error": False}
-    outcome.update(interrupted=False, pid=os.getpid())
+    outcome = {"summary": None, "error": "", "configuration_error": False, "interrupted": False}
     with _output_to(log_path):
         _log_like_lplr_train()
         try:
@@ -286,21 +286,15 @@ def _retry(run, cause, submitted_at, options, log):
 
 def _record(run, outcome):
     run.seconds += time.monotonic()
-    summary = outcome.get("summary")
+    summary, error = outcome.get("summary"), outcome.get("error", "")
     if summary is not None and sweep_trial.finished_summary(run.workdir) is None:
-        summary, outcome["error"] = (
-            None,
-            (
-                f"the run finished on its worker but {RunDirectory(run.workdir).summary} is not "
-                "visible here: the sweep directory must be on storage shared by every node and "
-                "this process (BUILD.md, Ray)."
-            ),
+        summary = None
+        error = (
+            f"the run finished on its worker but {RunDirectory(run.workdir).summary} is not "
+            "visible here: the sweep directory must be on storage that every node and this "
+            "process share (docs/sweeps.md, shared storage)."
         )
-    if summary is None and not outcome.get("error"):
+    if summary is None and not error:
         summary = sweep_trial.finished_summary(run.workdir)  # e.g. finished before a death
-    sweep_trial.record(
-        run,
-        summary,
-        outcome.get("error", ""),
-        configuration_error=bool(outcome.get("configuration_error")),
-    )
+    configuration_error = bool(outcome.get("configuration_error"))
+    sweep_trial.record(run, summary, error, configuration_error=configuration_error)
