@@ -6,7 +6,7 @@ These helpers say how far a compiled Keras model is from that, in two grades:
 
 * a *caveat* (`caveat_reasons`, `caveat_text`): the training is not plain full-batch GD on L
   (another loss, Adam, momentum, a schedule, mini-batches). The measured quantities keep their
-  meaning; the GD bound, certificate and linearized curve become reference values.
+  meaning; the GD bounds, the a-posteriori estimate and the linearized curve become reference values.
 * *not covered* (`not_covered_reasons`, `not_covered_verdict`): the measured output cannot
   satisfy the theory's hypotheses at all. A softmax (or log-softmax) output makes K singular
   by construction: each example's outputs sum to 1, so Σ_o ∂f_o/∂θ = 0 and the n vectors
@@ -135,7 +135,7 @@ def caveat_text(reasons, learning_rate):
         return None
     return (
         f"Not plain full-batch GD on the squared loss ({'; '.join(reasons)}): loss, PL ratio "
-        "and rate are of the squared probe loss; ρ_bound, the certificate and the linearized "
+        "and rate are of the squared probe loss; ρ_bound, the a-posteriori estimate and the linearized "
         f"curve are those of plain GD with η = {learning_rate:g} on it, reference values, not "
         f"predictions ({CAVEAT_POINTER})."
     )
@@ -290,6 +290,6 @@ def not_covered_verdict(reasons, lambda_min, logits_hint_text):
     measured = "" if lambda_min is None else f"; measured λ_min(K) = {lambda_min:.3g}"
     return (
         f"Not covered by the LPLR theory: {'; '.join(reasons)}{measured}. ρ_bound, the PL bound "
-        f"and the certificate say nothing here. Measure the logits: {logits_hint_text} "
+        f"and the a-posteriori estimate say nothing here. Measure the logits: {logits_hint_text} "
         f"({NOT_COVERED_POINTER})."
     )

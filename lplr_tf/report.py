@@ -1,23 +1,92 @@
-"""`lplr-report`: recompute a run's summary.json and plots from its metrics.jsonl.
+"""`lplr-report`: recompute runs' summary.json and plots from their metrics.jsonl, and compare.
 
-    lplr-report WORKDIR [WORKDIR ...] [--learning_rate η] [--l_star L*] [--output_dir DIR]
+    lplr-report WORKDIR [WORKDIR ...] [--learning_rate=η] [--l_star=L*] [--output_dir=DIR]
+        [--noplots]
 
-For each run directory the analysis settings come from the existing `summary.json`
+For each run directory the analysis settings come from its `summary.json`
 (`summary["settings"]`); `--learning_rate` / `--l_star` override them, or supply them when
 summary.json is missing. The summary is recomputed with `analysis.summarize`, written back
-through `rundir.RunDirectory` (the one reader and writer of the run directory), and
-`plots/convergence.png` is redrawn; the verdict is printed. With several run directories a
-markdown comparison table is printed and `comparison.png` is drawn in `--output_dir`.
+through `rundir.RunDirectory` and `plots/convergence.png` is redrawn; the verdict is printed.
+With several run directories a markdown comparison table is printed and `comparison.png` is
+drawn in `--output_dir` (default: the directory that holds the run directories).
+
+lplr-report never rewrites a finished run's summary from fewer steps than it recorded (a
+metrics.jsonl whose last line was truncated, or that lost rows): it stops with a message
+saying what is missing and how to repair it.
+
+Exit codes (lplr_tf.errors): 0 done; 1 an unexpected error (traceback); 2 bad input (a
+missing or damaged run directory, bad settings): one message naming the value and the fix.
 """
 
-import argparse
+import math
 import os
 import sys
 
-from lplr_tf import analysis, plots, verdict
+from absl import flags
+
+from lplr_tf import analysis, errors, plots, tables
+from lplr_tf.errors import ConfigError
 from lplr_tf.rundir import RunDirectory
 
 COMPARISON_PLOT = "comparison.png"
+HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+COMPARISON_COLUMNS = (
+    "status",
+    "steps",
+    "final_loss",
+    "fitted_rate",
+    "fit_r2",
+    "mu",
+    "rate_bound",
+    "mu_post",
+    "mu_post_positive",
+    "final_drift",
+    "relative_drift",
+    "kernel_drift",
+    "pl_lower_envelope",
+    "sharpness_max",
+)
+
+
+def _number(value, *, positive=False, optional=False):
+    if value is None:
+        return optional
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and (value > 0 or not positive)
+
+
+def _integer(value, *, optional=False):
+    if value is None:
+        return optional
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What each stored setting must be: (check, what it should be).
+SETTING_CHECKS = {
+    "learning_rate": (lambda v: _number(v, positive=True), "a positive number"),
+    "l_star": (_number, "a number"),
+    "tolerance": (lambda v: _number(v, positive=True), "a positive number"),
+    "loss_bound": (lambda v: _number(v, positive=True, optional=True), "a positive number or null"),
+    "kernel_drift_bound": (lambda v: _number(v, positive=True), "a positive number"),
+    "num_steps": (lambda v: _integer(v, optional=True), "an integer or null"),
+    "fit_window": (
+        lambda v: v is None or (isinstance(v, list) and len(v) == 2 and all(map(_integer, v))),
+        "null or [first_step, last_step] (integers)",
+    ),
+}
+
+
+def _read_previous(run_dir):
+    """The stored summary (a dict) or None; raises ConfigError when it is not an object."""
+    previous = run_dir.read_summary()
+    if previous is not None and not isinstance(previous, dict):
+        raise ConfigError(
+            f"{run_dir.summary} holds a JSON {type(previous).__name__}; expected the JSON "
+            "object lplr-train writes. Delete it and pass --learning_rate (and --l_star) "
+            "to lplr-report to recompute it."
+        )
+    return previous
 
 
 def stored_settings(run_dir, *, learning_rate=None, l_star=None):
@@ -26,40 +95,89 @@ def stored_settings(run_dir, *, learning_rate=None, l_star=None):
     `learning_rate` and `l_star` override the stored values when given (not None).
 
     Returns:
-      A dict with learning_rate, num_steps and settings (an `analysis.Settings`).
+      A dict with learning_rate, num_steps, settings (an `analysis.Settings`) and run (the
+      facts about the run the summary recorded).
 
     Raises:
-      ValueError: no learning rate is available from either source.
+      ConfigError: no learning rate from either source, or a stored setting of the wrong
+        kind (each named with the value found and what it should be).
     """
-    previous = run_dir.read_summary()
-    stored = dict((previous or {}).get("settings") or {})
+    previous = _read_previous(run_dir)
+    stored = (previous or {}).get("settings")
+    if stored is not None and not isinstance(stored, dict):
+        raise ConfigError(
+            f"{run_dir.summary}: settings = {stored!r}; expected a JSON object of analysis "
+            "settings. Delete summary.json and pass --learning_rate (and --l_star)."
+        )
+    stored = dict(stored or {})
     if learning_rate is not None:
         stored["learning_rate"] = learning_rate
     if l_star is not None:
         stored["l_star"] = l_star
     if stored.get("learning_rate") is None:
         found = "has no settings.learning_rate" if previous is not None else "does not exist"
-        raise ValueError(
+        raise ConfigError(
             f"{run_dir.summary} {found}; expected the run's analysis settings there or "
             "the --learning_rate flag. Pass --learning_rate (and --l_star if L* ≠ 0)."
+        )
+    for key, (check, expected) in SETTING_CHECKS.items():
+        if key in stored and not check(stored[key]):
+            flag = f"pass --{key} or " if key in ("learning_rate", "l_star") else ""
+            raise ConfigError(
+                f"{run_dir.summary}: settings.{key} = {stored[key]!r}; expected {expected}. "
+                f"Repair that value ({flag}delete summary.json and pass --learning_rate)."
+            )
+    run = (previous or {}).get("run")
+    if run is not None and not isinstance(run, dict):
+        raise ConfigError(
+            f"{run_dir.summary}: run = {run!r}; expected a JSON object of facts about the run "
+            "(protocol, ntk_output_mode, ...) or null. Repair or delete that value."
         )
     return {
         "learning_rate": stored["learning_rate"],
         "num_steps": stored.get("num_steps"),
         "settings": analysis.Settings.from_dict(stored),
+        "run": run,
     }
 
 
+def _refuse_lost_rows(run_dir, rows, previous):
+    """Raises ConfigError when metrics.jsonl lacks steps that the finished summary records."""
+    if not previous or previous.get("status") not in analysis.FINAL_STATUSES:
+        return
+    steps = {row["step"] for row in rows}
+    recorded, status_step = previous.get("steps"), previous.get("status_step")
+    missing = [step for step in (recorded, status_step) if _integer(step) and step not in steps]
+    if not missing:
+        return
+    raise ConfigError(
+        f"{run_dir.metrics} has no row for step {missing[0]} (its last step is {max(steps)}), "
+        f"but {run_dir.summary} records a run that ended `{previous['status']}` with "
+        f"{recorded} steps: rows were lost (e.g. a last line truncated by a crash or a full "
+        "disk). Recomputing would rewrite the summary from fewer steps, so lplr-report stops. "
+        "Restore metrics.jsonl (e.g. from a backup) or leave summary.json as it is; to "
+        "summarize only the rows that remain, delete summary.json and rerun lplr-report with "
+        "--learning_rate (and --l_star)."
+    )
+
+
 def report_run(workdir, *, learning_rate=None, l_star=None, plot=True):
-    """Recomputes one run's summary.json (and plots/convergence.png); returns (rows, summary)."""
+    """Recomputes one run's summary.json (and plots/convergence.png); returns (rows, summary).
+
+    Raises:
+      FileNotFoundError: the directory has no metrics.jsonl.
+      ConfigError / ValueError: empty or damaged metrics.jsonl, lost rows of a finished run,
+        or missing or damaged settings (one message each, naming the fix).
+    """
     run_dir = RunDirectory(workdir)
     rows = run_dir.read_metrics()
     if not rows:
-        raise ValueError(
+        raise ConfigError(
             f"{run_dir.metrics} holds no rows; expected at least one logged step. Let the "
             "run log before reporting on it."
         )
     arguments = stored_settings(run_dir, learning_rate=learning_rate, l_star=l_star)
+    _refuse_lost_rows(run_dir, rows, _read_previous(run_dir))
     summary = analysis.summarize(rows, **arguments)
     run_dir.write_summary(summary)
     if plot:
@@ -67,108 +185,92 @@ def report_run(workdir, *, learning_rate=None, l_star=None, plot=True):
     return rows, summary
 
 
-def _cell(value, rate=False):
-    if rate and value is not None:
-        return verdict.format_rate(value)
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-TABLE_COLUMNS = (
-    ("run", lambda s: None),
-    ("status", lambda s: s["status"]),
-    ("steps", lambda s: s["steps"]),
-    ("final_loss", lambda s: s["final_loss"]),
-    ("fit rate", lambda s: s["fit"]["rate"]),
-    ("r2", lambda s: s["fit"]["r2"]),
-    ("μ", lambda s: s["bound"]["mu"]),
-    ("rate_bound", lambda s: s["bound"]["rate_bound"]),
-    ("μ_post", lambda s: s["a_posteriori"]["mu_post"]),
-    ("μ_post > 0", lambda s: s["a_posteriori"]["positive"]),
-    ("final drift", lambda s: s["drift"]["final"]),
-    ("PL lower envelope", lambda s: s["pl_ratio"]["lower_envelope"]),
-    ("sharpness max", lambda s: s["sharpness"]["max"]),
-)
-
-
-RATE_COLUMNS = ("fit rate", "rate_bound")
-
-
 def comparison_table(runs):
     """A markdown table of key summary fields, one row per (label, summary) pair."""
-    lines = [
-        "| " + " | ".join(name for name, _ in TABLE_COLUMNS) + " |",
-        "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|",
-    ]
-    for label, summary in runs:
-        cells = [label] + [
-            _cell(get(summary), rate=name in RATE_COLUMNS) for name, get in TABLE_COLUMNS[1:]
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    columns = [tables.Field("run", kind="text")] + [tables.FIELDS[c] for c in COMPARISON_COLUMNS]
+    rows = [{"run": label, **tables.summary_row(summary)} for label, summary in runs]
+    return tables.markdown_table(rows, columns)
 
 
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="lplr-report", description="Recompute summary.json and plots of lplr_tf runs."
+def default_output_dir(workdirs):
+    """Where comparison.png goes by default: the directory holding the run directories."""
+    parents = [os.path.dirname(os.path.abspath(os.path.normpath(w))) for w in workdirs]
+    return os.path.commonpath(parents)
+
+
+def define_flags():
+    """The flags of lplr-report, on their own FlagValues (absl style: --l_star=0)."""
+    values = flags.FlagValues()
+    define = dict(flag_values=values)
+    flags.DEFINE_float(
+        "learning_rate", None, "Step size η; overrides summary.json's settings.", **define
     )
-    parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="run directories")
-    parser.add_argument(
-        "--learning_rate",
-        type=float,
-        default=None,
-        help="step size η; overrides summary.json's settings",
+    flags.DEFINE_float(
+        "l_star", None, "Optimal loss L*; overrides summary.json's settings.", **define
     )
-    parser.add_argument(
-        "--l_star",
-        type=float,
-        default=None,
-        help="optimal loss L*; overrides summary.json's settings",
+    flags.DEFINE_string(
+        "output_dir",
+        None,
+        "Where comparison.png goes (with several workdirs); default: the directory that "
+        "holds the workdirs.",
+        **define,
     )
-    parser.add_argument(
-        "--output_dir",
-        default=".",
-        help="where comparison.png goes (several workdirs); default: cwd",
-    )
-    parser.add_argument("--no_plots", action="store_true", help="skip the figures")
-    return parser
+    flags.DEFINE_bool("plots", True, "Redraw convergence.png and draw comparison.png.", **define)
+    return values
+
+
+def usage():
+    """The text of `lplr-report --help`: the module docstring and every flag with its help."""
+    return __doc__ + "\nFlags:\n" + define_flags().get_help(include_special_flags=False)
 
 
 def main(argv=None, stdout=None):
     """Runs lplr-report on `argv` (without the program name); returns the exit code."""
     stdout = stdout or sys.stdout
-    arguments = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(argument in HELP_FLAGS for argument in argv):
+        print(usage(), file=stdout)
+        return errors.EXIT_OK
+    values = define_flags()
+    try:
+        workdirs = values(["lplr-report", *argv])[1:]
+    except flags.Error as error:
+        raise ConfigError(f"{error}. Run `lplr-report --help` for the flags.") from error
+    if not workdirs:
+        raise ConfigError(
+            "lplr-report: no WORKDIR given; expected one or more run directories, e.g. "
+            "lplr-report runs/demo."
+        )
     runs = []
-    for workdir in arguments.workdirs:
+    for workdir in workdirs:
         rows, summary = report_run(
             workdir,
-            learning_rate=arguments.learning_rate,
-            l_star=arguments.l_star,
-            plot=not arguments.no_plots,
+            learning_rate=values.learning_rate,
+            l_star=values.l_star,
+            plot=values.plots,
         )
-        print(f"{RunDirectory(workdir).name}: {summary['verdict']}", file=stdout)
-        runs.append((RunDirectory(workdir).name, rows, summary))
+        name = RunDirectory(workdir).name
+        print(f"{name}: {summary['verdict']}", file=stdout)
+        runs.append((name, rows, summary))
     if len(runs) > 1:
         print("", file=stdout)
         print(comparison_table([(label, summary) for label, _, summary in runs]), file=stdout)
-        if not arguments.no_plots:
-            os.makedirs(arguments.output_dir, exist_ok=True)
-            plots.plot_comparison(runs, os.path.join(arguments.output_dir, COMPARISON_PLOT))
-    return 0
+        if values.plots:
+            output_dir = values.output_dir or default_output_dir(workdirs)
+            os.makedirs(output_dir, exist_ok=True)
+            path = os.path.join(output_dir, COMPARISON_PLOT)
+            plots.plot_comparison(runs, path)
+            print(f"\nComparison figure: {path}", file=stdout)
+    return errors.EXIT_OK
 
 
 def console_main():
-    """Entry point of the `lplr-report` console script: errors print one line, exit 1."""
+    """Entry point of `lplr-report`: bad input prints one message and exits 2."""
     try:
         code = main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as error:
+    except (ValueError, OSError) as error:  # ConfigError, damaged files, missing paths
         print(f"lplr-report: error: {error}", file=sys.stderr)
-        code = 1
+        code = errors.EXIT_CONFIG_ERROR
     sys.exit(code)
 
 

@@ -17,6 +17,7 @@ spells a file name.
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -163,12 +164,26 @@ class RunDirectory:
                     f"{path}:{number}: malformed JSON ({error}); expected one JSON object per "
                     "line. Remove or repair that line."
                 ) from error
+            except RecursionError as error:  # e.g. thousands of nested brackets
+                raise ValueError(
+                    f"{path}:{number}: the line {line[:40]!r}... nests too deeply to be a metrics "
+                    "row; expected one flat JSON object per line. Remove or repair that line."
+                ) from error
             if not isinstance(row, dict) or row.get("step") is None:
                 raise ValueError(
                     f"{path}:{number}: row {line[:80]!r} has no `step`; expected a JSON object "
                     "with an integer step. Remove or repair that line."
                 )
-            rows_by_step[int(row["step"])] = row
+            step = row["step"]
+            if isinstance(step, float) and math.isfinite(step) and step.is_integer():
+                step = int(step)
+            if not isinstance(step, int) or isinstance(step, bool):
+                raise ValueError(
+                    f"{path}:{number}: step = {str(step)[:40]}; expected a finite integer step. "
+                    "Remove or repair that line."
+                )
+            row["step"] = step
+            rows_by_step[step] = row
         return [rows_by_step[step] for step in sorted(rows_by_step)]
 
     @staticmethod

@@ -1,126 +1,73 @@
 """The tables, figures and TensorBoard HParams of a finished sweep (see `lplr_tf.sweep`).
 
-sweep.csv, sweep.md     one row per run (settings, seed, status, the key summary fields);
-                        sweep.md adds min/median/max across seeds per combination
-sweep_aggregate.csv     those min/median/max
-plots/sweep.png         final drift, kernel drift, PL lower envelope vs the first grid key
-plots/loss_curves.png   every run's loss and drift
+sweep.csv               one row per run: `run` (its directory relative to the sweep's), the
+                        grid settings, seed, every field of `tables.SUMMARY_FIELDS`, action
+                        (ran / skipped / error) and error
+sweep.md                the runs, and per combination the mean, 95 % Student-t interval and
+                        min … max across seeds (`sweep_statistics`); diverged runs are marked
+                        and left out of those aggregates
+sweep_aggregate.csv     those statistics as numbers
+plots/sweep.png         ρ̂, final drift, kernel drift and PL envelope against the first grid
+                        key (mean and 95 % interval; dots: seeds; ×: diverged, left out)
+plots/loss_curves.png   every run's loss and drift (`plots.plot_comparison`)
+
+Nothing here depends on how the runs were executed: the local and Ray backends write the same
+files from the same runs.
 """
 
-import ast
 import csv
-import math
 import os
 
-import numpy as np
-
+from lplr_tf import sweep_statistics, tables
 from lplr_tf.rundir import RunDirectory
+from lplr_tf.sweep_grid import python_value
 
 CSV_FILE = "sweep.csv"
 MARKDOWN_FILE = "sweep.md"
 AGGREGATE_FILE = "sweep_aggregate.csv"
+SWEEP_PLOT = "sweep.png"
+LOSS_CURVES_PLOT = "loss_curves.png"
 
-
-def python_value(text):
-    """The gin value text as a Python scalar for tables and HParams (str if not scalar)."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-    return value if isinstance(value, (bool, int, float, str)) else text
-
-
-# (column, summary getter) of the per-run table, after the grid settings and the seed.
-SUMMARY_COLUMNS = (
-    ("status", lambda s: s.get("status")),
-    ("steps", lambda s: s.get("steps")),
-    ("fitted_rate", lambda s: s["fit"]["rate"]),
-    ("fit_r2", lambda s: s["fit"]["r2"]),
-    ("mu", lambda s: s["bound"]["mu"]),
-    ("rate_bound", lambda s: s["bound"]["rate_bound"]),
-    ("mu_cert", lambda s: s["certificate"]["mu_cert"]),
-    ("certified", lambda s: s["certificate"]["certified"]),
-    ("in_local_regime", lambda s: s["certificate"]["in_local_regime"]),
-    ("final_drift", lambda s: s["drift"]["final"]),
-    ("relative_drift", lambda s: s["drift"]["relative_final"]),
-    ("kernel_drift", lambda s: s["ntk"]["kernel_drift_final"]),
-    ("pl_lower_envelope", lambda s: s["pl_ratio"]["lower_envelope"]),
-    ("sharpness_max", lambda s: s["sharpness"]["max"]),
-    ("final_loss", lambda s: s.get("final_loss")),
+# The per-run columns of sweep.md (sweep.csv has every summary field).
+RUN_COLUMNS = (
+    "status",
+    "phase_model",
+    "transition_step",
+    "fitted_rate",
+    "rate_bound",
+    "mu",
+    "mu_post",
+    "in_local_regime",
+    "final_drift",
+    "relative_drift",
+    "kernel_drift",
+    "pl_lower_envelope",
+    "final_loss",
 )
-AGGREGATED = ("fitted_rate", "final_drift", "kernel_drift", "pl_lower_envelope")
-RATE_COLUMNS = ("fitted_rate", "rate_bound")
-
-
-def _get(summary, getter):
-    if not summary:
-        return None
-    try:
-        return getter(summary)
-    except (KeyError, TypeError):
-        return None
+PLOTTED = ("fitted_rate", "final_drift", "kernel_drift", "pl_lower_envelope")
+HPARAMS_METRICS = (
+    "fitted_rate",
+    "mu",
+    "mu_post",
+    "final_drift",
+    "relative_drift",
+    "kernel_drift",
+    "pl_lower_envelope",
+    "final_loss",
+)
+LEFT_OUT = "(left out)"
 
 
 def run_row(run):
-    """The CSV row of one run: name, grid settings, seed, summary fields, error, workdir."""
+    """The CSV row of one run: name, grid settings, seed, summary fields, action, error."""
     row = {"run": run.name}
     row.update({label: python_value(v) for label, v in run.label_settings.items()})
     row["seed"] = run.seed
-    for column, getter in SUMMARY_COLUMNS:
-        row[column] = _get(run.summary, getter)
+    row.update(tables.summary_row(run.summary))
     row["status"] = run.status
     row["action"] = run.action
     row["error"] = run.error
-    row["workdir"] = run.workdir
     return row
-
-
-def aggregate(runs, labels):
-    """Per combination: min/median/max across seeds of AGGREGATED (finite values only)."""
-    groups = {}
-    for run in runs:
-        groups.setdefault(run.combination, []).append(run)
-    table = []
-    for combination, members in groups.items():
-        row = {label: python_value(members[0].label_settings[label]) for label in labels}
-        row["combination"] = combination
-        row["seeds"] = len(members)
-        row["statuses"] = " ".join(sorted({m.status for m in members}))
-        for column in AGGREGATED:
-            getter = dict(SUMMARY_COLUMNS)[column]
-            values = [
-                v
-                for v in (_get(m.summary, getter) for m in members)
-                if isinstance(v, (int, float)) and math.isfinite(v)
-            ]
-            row[f"{column}_min"] = min(values) if values else None
-            row[f"{column}_median"] = float(np.median(values)) if values else None
-            row[f"{column}_max"] = max(values) if values else None
-        table.append(row)
-    return table
-
-
-def _cell(value, rate=False):
-    if value is None or value == "":
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if rate:
-            from lplr_tf.verdict import format_rate
-
-            return format_rate(value)
-        return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
-
-
-def _markdown(rows, columns, rate_columns=()):
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append(
-            "| " + " | ".join(_cell(row.get(c), c in rate_columns) for c in columns) + " |"
-        )
-    return "\n".join(lines)
 
 
 def _write_csv(path, rows, columns):
@@ -131,59 +78,61 @@ def _write_csv(path, rows, columns):
             writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
 
 
+def _text_columns(names):
+    return [tables.Field(name, kind="text") for name in names]
+
+
 def write_tables(workdir, runs, labels, command=None):
     """Writes sweep.csv, sweep_aggregate.csv and sweep.md; returns (rows, aggregate rows)."""
     rows = [run_row(run) for run in runs]
-    columns = (
-        ["run", *labels, "seed"] + [c for c, _ in SUMMARY_COLUMNS] + ["action", "error", "workdir"]
-    )
-    _write_csv(os.path.join(workdir, CSV_FILE), rows, columns)
-    combined = aggregate(runs, labels)
-    stats = [f"{c}_{s}" for c in AGGREGATED for s in ("min", "median", "max")]
-    agg_columns = [*labels, "seeds", "statuses"] + stats
-    _write_csv(os.path.join(workdir, AGGREGATE_FILE), combined, agg_columns)
-    shown = [
-        *labels,
-        "seed",
-        "status",
-        "fitted_rate",
-        "mu",
-        "mu_cert",
-        "certified",
-        "in_local_regime",
-        "final_drift",
-        "kernel_drift",
-        "pl_lower_envelope",
-        "final_loss",
-        "action",
+    columns = ["run", *labels, "seed"] + [f.name for f in tables.SUMMARY_FIELDS]
+    _write_csv(os.path.join(workdir, CSV_FILE), rows, columns + ["action", "error"])
+    combined = sweep_statistics.aggregate(runs, labels)
+    statistics = [
+        f"{name}_{key}"
+        for name in sweep_statistics.AGGREGATED
+        for key in sweep_statistics.STATISTICS
     ]
-    errors = [r for r in rows if r["status"] == "error"]
+    aggregate_columns = [*labels, "seeds", "statuses", "left_out", *statistics]
+    _write_csv(os.path.join(workdir, AGGREGATE_FILE), combined, aggregate_columns)
+
+    shown = [dict(row) for row in rows]
+    for row in shown:
+        if row["status"] == "diverged":
+            row["status"] = f"diverged {LEFT_OUT}"
+    run_columns = _text_columns([*labels, "seed"]) + [tables.FIELDS[c] for c in RUN_COLUMNS]
+    statuses = sorted({r["status"] for r in rows})
     text = ["# Sweep", ""]
     if command:
         text += ["```", command, "```", ""]
     text += [
         f"{len(rows)} runs; statuses: "
-        + ", ".join(
-            f"{s} {sum(r['status'] == s for r in rows)}"
-            for s in sorted({r["status"] for r in rows})
-        ),
+        + ", ".join(f"{s} {sum(r['status'] == s for r in rows)}" for s in statuses),
         "",
         "## Runs",
         "",
-        _markdown(rows, shown, RATE_COLUMNS),
+        tables.markdown_table(shown, run_columns + _text_columns(["action"])),
         "",
-        "## Across seeds (min / median / max)",
+        "## Across seeds",
+        "",
+        "Each cell: mean [95 % interval, Student t with n − 1 degrees of freedom] "
+        "(min … max) over the seeds of the combination that finished without diverging; "
+        "diverged and failed runs are listed under `left_out` and not counted.",
         "",
     ]
-    agg_shown = [*labels, "seeds", "statuses"]
-    for column in AGGREGATED:
-        for row in combined:
-            row[column] = " / ".join(
-                _cell(row[f"{column}_{s}"], column in RATE_COLUMNS)
-                for s in ("min", "median", "max")
-            )
-        agg_shown.append(column)
-    text += [_markdown(combined, agg_shown), ""]
+    cells = []
+    for row in combined:
+        cell_row = dict(row)
+        for name in sweep_statistics.AGGREGATED:
+            cell_row[name] = sweep_statistics.aggregate_cell(row, name)
+        cells.append(cell_row)
+    aggregate_shown = _text_columns([*labels, "seeds", "statuses", "left_out"])
+    aggregate_shown += [
+        tables.Field(name, title=tables.FIELDS[name].title, kind="text")
+        for name in sweep_statistics.AGGREGATED
+    ]
+    text += [tables.markdown_table(cells, aggregate_shown), ""]
+    errors = [r for r in rows if r["status"] == "error"]
     if errors:
         text += ["## Errors", ""] + [f"- {r['run']}: {r['error']}" for r in errors] + [""]
     with open(os.path.join(workdir, MARKDOWN_FILE), "w", encoding="utf-8") as stream:
@@ -193,6 +142,52 @@ def write_tables(workdir, runs, labels, command=None):
 
 def _numeric(values):
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _kernel_drift_bound(runs):
+    for run in runs:
+        settings = (run.summary or {}).get("settings")
+        if isinstance(settings, dict) and settings.get("kernel_drift_bound") is not None:
+            return settings["kernel_drift_bound"]
+    return None
+
+
+def _draw_metric(axis, name, runs, keys, labels, positions):
+    """One panel: mean and 95 % interval per first-key value, one line per second-key value."""
+    first = keys[0]
+    series_values = keys[1].values if len(keys) > 1 else (None,)
+    drawn = False
+    for series in series_values:
+        xs, means, errors = [], [], [[], []]
+        for position, value in zip(positions, first.values):
+            members = [
+                r
+                for r in runs
+                if r.settings[first.name] == value
+                and (series is None or r.settings[keys[1].name] == series)
+            ]
+            kept = [r for r in members if sweep_statistics.aggregated(r)]
+            values = [tables.summary_value(r.summary, name) for r in kept]
+            statistics = sweep_statistics.across_seeds(values)
+            if statistics["n"]:
+                mean = statistics["mean"]
+                low = statistics["ci95_low"] if statistics["ci95_low"] is not None else mean
+                high = statistics["ci95_high"] if statistics["ci95_high"] is not None else mean
+                xs.append(position)
+                means.append(mean)
+                errors[0].append(mean - low)
+                errors[1].append(high - mean)
+                finite = [v for v in values if isinstance(v, (int, float))]
+                axis.plot([position] * len(finite), finite, ".", color="gray", alpha=0.5)
+            if any(r.status == "diverged" for r in members):
+                axis.plot(
+                    [position], [0.97], "x", color="tab:red", transform=axis.get_xaxis_transform()
+                )
+        if xs:
+            label = None if series is None else f"{labels[1]} = {series}"
+            axis.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
+            drawn = True
+    return drawn
 
 
 def plot_sweep(workdir, runs, keys, labels):
@@ -213,71 +208,34 @@ def plot_sweep(workdir, runs, keys, labels):
         except (FileNotFoundError, ValueError):
             continue
     if curves:
-        path = os.path.join(plot_dir, "loss_curves.png")
+        path = os.path.join(plot_dir, LOSS_CURVES_PLOT)
         plots.plot_comparison(curves, path)
         written.append(path)
     if not keys or not done:
         return written
-    first = keys[0]
-    x_values = [python_value(v) for v in first.values]
+    x_values = [python_value(v) for v in keys[0].values]
     numeric = _numeric(x_values)
     positions = x_values if numeric else list(range(len(x_values)))
-    series_values = keys[1].values if len(keys) > 1 else (None,)
-    metrics = [
-        ("final_drift", "final ‖θ_T − θ_0‖₂"),
-        ("kernel_drift", "final kernel drift"),
-        ("pl_lower_envelope", "PL-ratio lower envelope"),
-    ]
-    figure = Figure(figsize=(15, 4.5))
-    axes = figure.subplots(1, len(metrics))
-    for axis, (column, title) in zip(axes, metrics):
-        getter = dict(SUMMARY_COLUMNS)[column]
-        drawn = False
-        for series in series_values:
-            xs, medians, lows, highs = [], [], [], []
-            for position, value in zip(positions, first.values):
-                members = [
-                    r
-                    for r in done
-                    if r.settings[first.name] == value
-                    and (series is None or r.settings[keys[1].name] == series)
-                ]
-                values = [
-                    v
-                    for v in (_get(r.summary, getter) for r in members)
-                    if isinstance(v, (int, float)) and math.isfinite(v)
-                ]
-                if values:
-                    xs.append(position)
-                    medians.append(float(np.median(values)))
-                    lows.append(float(np.median(values) - min(values)))
-                    highs.append(float(max(values) - np.median(values)))
-            if xs:
-                label = None if series is None else f"{labels[1]} = {series}"
-                axis.errorbar(xs, medians, yerr=[lows, highs], marker="o", capsize=3, label=label)
-                drawn = True
-        if column == "kernel_drift":
-            axis.axhline(
-                runs[0].summary["settings"]["kernel_drift_bound"] if runs[0].summary else 0.5,
-                color="gray",
-                linestyle=":",
-                label="kernel drift bound",
-            )
+    figure = Figure(figsize=(4.5 * len(PLOTTED), 4.5))
+    axes = figure.subplots(1, len(PLOTTED))
+    for axis, name in zip(axes, PLOTTED):
+        drawn = _draw_metric(axis, name, done, keys, labels, positions)
+        bound = _kernel_drift_bound(done) if name == "kernel_drift" else None
+        if bound is not None:
+            axis.axhline(bound, color="gray", linestyle=":", label="kernel drift bound")
         if numeric and min(positions) > 0 and max(positions) / min(positions) >= 10:
             axis.set_xscale("log")
         if not numeric:
             axis.set_xticks(positions, [str(v) for v in x_values])
-        if drawn and column != "final_drift":
-            values = [line.get_ydata() for line in axis.get_lines()]
-            if all(np.all(np.asarray(v, float) > 0) for v in values if len(v)):
-                axis.set_yscale("log")
         axis.set_xlabel(labels[0])
-        axis.set_title(f"{title} (median, min–max over seeds)", fontsize=9)
-        if drawn:
+        axis.set_title(f"{tables.FIELDS[name].title}: mean, 95 % interval", fontsize=9)
+        if drawn and axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
+    if any(r.status == "diverged" for r in done):
+        figure.suptitle("× : a seed diverged there (left out of the mean)", fontsize=8)
     figure.tight_layout()
     FigureCanvasAgg(figure)
-    path = os.path.join(plot_dir, "sweep.png")
+    path = os.path.join(plot_dir, SWEEP_PLOT)
     figure.savefig(path, format="png", dpi=110)
     written.append(path)
     return written
@@ -288,15 +246,6 @@ def write_hparams(workdir, runs, keys, labels):
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
-    metric_columns = (
-        "fitted_rate",
-        "mu",
-        "mu_cert",
-        "final_drift",
-        "kernel_drift",
-        "pl_lower_envelope",
-        "final_loss",
-    )
     hparams = []
     for key, label in zip(keys, labels):
         values = [python_value(v) for v in key.values]
@@ -308,7 +257,7 @@ def write_hparams(workdir, runs, keys, labels):
         hparams.append(hp.HParam(label, hp.Discrete(values)))
     seeds = sorted({run.seed for run in runs})
     hparams.append(hp.HParam("seed", hp.Discrete(seeds)))
-    metrics = [hp.Metric(f"sweep/{c}", display_name=c) for c in metric_columns]
+    metrics = [hp.Metric(f"sweep/{c}", display_name=c) for c in HPARAMS_METRICS]
     with tf.summary.create_file_writer(workdir).as_default():
         hp.hparams_config(hparams=hparams, metrics=metrics)
     by_label = {h.name: h for h in hparams}
@@ -321,11 +270,12 @@ def write_hparams(workdir, runs, keys, labels):
             domain = by_label[label].domain.values
             values[by_label[label]] = value if value in domain else str(value)
         values[by_label["seed"]] = run.seed
+        steps = tables.summary_value(run.summary, "steps")
         writer = tf.summary.create_file_writer(RunDirectory(run.workdir).tensorboard)
-        with writer.as_default(step=int(run.summary.get("steps") or 0)):
+        with writer.as_default(step=steps if isinstance(steps, int) else 0):
             hp.hparams(values, trial_id=run.name)
-            for column in metric_columns:
-                value = _get(run.summary, dict(SUMMARY_COLUMNS)[column])
-                if isinstance(value, (int, float)) and math.isfinite(value):
+            for column in HPARAMS_METRICS:
+                value = tables.summary_value(run.summary, column)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
                     tf.summary.scalar(f"sweep/{column}", float(value))
         writer.close()

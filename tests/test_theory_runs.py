@@ -94,7 +94,7 @@ def test_report_reproduces_the_summary_of_a_finished_run(tmp_path):
     train.launch(["digits_fc_gd.gin", "smoke.gin"], [], str(workdir))
     written = (workdir / "summary.json").read_bytes()
     (workdir / "summary.json").write_text(json.dumps({"settings": json.loads(written)["settings"]}))
-    assert report.main([str(workdir), "--no_plots"]) == 0
+    assert report.main([str(workdir), "--noplots"]) == 0
     assert (workdir / "summary.json").read_bytes() == written
 
 
