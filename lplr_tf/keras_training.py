@@ -6,7 +6,8 @@ These helpers say how far a compiled Keras model is from that, in two grades:
 
 * a *caveat* (`caveat_reasons`, `caveat_text`): the training is not plain full-batch GD on L
   (another loss, Adam, momentum, a schedule, mini-batches). The measured quantities keep their
-  meaning; the GD bounds, the a-posteriori estimate and the linearized curve become reference values.
+  meaning; the GD bounds, the a-posteriori estimate and the linearized curve become reference
+  values.
 * *not covered* (`not_covered_reasons`, `not_covered_verdict`): the measured output cannot
   satisfy the theory's hypotheses at all. A softmax (or log-softmax) output makes K singular
   by construction: each example's outputs sum to 1, so Σ_o ∂f_o/∂θ = 0 and the n vectors
@@ -135,9 +136,9 @@ def caveat_text(reasons, learning_rate):
         return None
     return (
         f"Not plain full-batch GD on the squared loss ({'; '.join(reasons)}): loss, PL ratio "
-        "and rate are of the squared probe loss; ρ_bound, the a-posteriori estimate and the linearized "
-        f"curve are those of plain GD with η = {learning_rate:g} on it, reference values, not "
-        f"predictions ({CAVEAT_POINTER})."
+        "and rate are of the squared probe loss; ρ_bound, the a-posteriori estimate and the "
+        f"linearized curve are those of plain GD with η = {learning_rate:g} on it, reference "
+        f"values, not predictions ({CAVEAT_POINTER})."
     )
 
 

@@ -83,7 +83,7 @@ def test_grid_with_two_seeds_tables_statistics_and_skipping(tmp_path):
         assert diverged["left_out"] == "seed=0 diverged; seed=1 diverged"
         assert diverged["final_drift_n"] == "0" and diverged["final_drift_mean"] == ""
     markdown = open(os.path.join(workdir, "sweep.md"), encoding="utf-8").read()
-    assert "| width | learning_rate | seed | status | ρ̂ |" in markdown
+    assert "| width | learning_rate | seed | status | phase model | τ | ρ̂ |" in markdown
     assert markdown.count("| diverged (left out) |") == 4
     assert "Student t with n − 1 degrees of freedom" in markdown
     for name in ("sweep.png", "loss_curves.png"):
