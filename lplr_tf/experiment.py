@@ -166,11 +166,17 @@ def _check_arguments(workdir, probe_settings, analysis_settings, stop_on_converg
     ):
         if value is not None and not isinstance(value, kind):
             raise ValueError(
-                f"experiment.run.{name} = {value!r}; expected a {kind.__module__}."
+                f"experiment.run.{name} = {_shown(value)}; expected a {kind.__module__}."
                 f"{kind.__qualname__} instance. Bind it with parentheses: "
                 f"experiment.run.{name} = {example}."
             )
     validation.boolean("experiment.run.stop_on_convergence", stop_on_convergence)
+
+
+def _shown(value, limit=80):
+    """repr(value), cut to `limit` characters (a Dataset's repr holds its arrays)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(factory):
@@ -183,7 +189,7 @@ def _make(role, factory, kind, example, **arguments):
     """Calls the factory bound to experiment.run.<role>; checks what it returns is a `kind`."""
     if not callable(factory):
         raise ValueError(
-            f"experiment.run.{role} = {factory!r} is not callable; expected a reference to a "
+            f"experiment.run.{role} = {_shown(factory)} is not callable; expected a reference to a "
             f"function without parentheses (experiment.run calls it), e.g. "
             f"experiment.run.{role} = {example}."
         )
@@ -286,8 +292,22 @@ def _hparams(operative_config):
             value = str(tuple(value))
         if isinstance(value, (bool, int, float, str)):
             scope = f"{statement.scope}/" if statement.scope else ""
-            hparams[f"{scope}{statement.selector}.{statement.arg_name}"] = value
+            hparams[f"{scope}{_full_selector(statement.selector)}.{statement.arg_name}"] = value
     return hparams
+
+
+def _full_selector(selector):
+    """'gd' -> 'protocol.gd': the operative config names configurables by minimal selectors."""
+    try:
+        # gin has no public lookup of a registered configurable (pinned gin-config 0.5.0).
+        configurable = gin.config._REGISTRY.get_match(selector)
+    except KeyError:  # ambiguous
+        return selector
+    if configurable is None:
+        return selector
+    if configurable.module == getattr(configurable.wrapped, "__module__", None):
+        return configurable.name  # registered without a gin module: bound by its name
+    return configurable.selector
 
 
 @dataclasses.dataclass

@@ -194,14 +194,17 @@ def parse_config(gin_files, gin_bindings, search_paths=()):
         ImportError,
         OSError,
     ) as error:
-        text = str(error).strip("'\"")
-        raise ConfigError(
-            f"Bad gin configuration: {text}\n{nearest_names(text).strip()}\nFix the binding or "
-            "file named above; bindings read 'configurable.parameter = value', e.g. "
-            "fc.build_model.width = 1024, and the configurables are listed in README.md "
-            "(Configuration). A gin file `include`s files by path or by name in "
+        # A KeyError's str() is its message in quotes.
+        text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        suggestion = nearest_names(text).strip()
+        lines = [f"Bad gin configuration: {text}"] + ([suggestion] if suggestion else [])
+        lines.append(
+            "Fix the binding or file named above; bindings read 'configurable.parameter = "
+            "value', e.g. fc.build_model.width = 1024, and the configurables are listed in "
+            "README.md (Configuration). A gin file `include`s files by path or by name in "
             "--gin_search_paths."
-        ) from error
+        )
+        raise ConfigError("\n".join(lines)) from error
     asked = []
     for path in paths:
         with open(path, encoding="utf-8") as stream:
