@@ -19,19 +19,18 @@ import dataclasses
 import os
 
 import gin
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 # Importing these modules registers their gin configurables.
-from lplr_tf import analysis, configurables, data, distribute, models, plots, validation  # noqa: F401
-from lplr_tf import protocol as protocol_module
+from lplr_tf import analysis, configurables, data, distribute, models, plots, preflight, validation  # noqa: F401
+from lplr_tf import protocol as protocol_module  # noqa: F401
 from lplr_tf.checkpointing import RunCheckpoint, RunLock, rows_to_resume
 from lplr_tf.console import ProgressReporter
 from lplr_tf.diagnostics import Diagnostics, ProbeSettings
 from lplr_tf.errors import ConfigError
-from lplr_tf.metric_writer import OPERATIVE_CONFIG_TAG, MetricWriter
+from lplr_tf.metric_writer import OPERATIVE_CONFIG_TAG, MetricWriter, gin_hparams
 from lplr_tf.models.batch_norm import calibrate_batch_norm
 from lplr_tf.numerics import make_numerics
 from lplr_tf.preemption import Interrupted, TerminationFlag
@@ -82,17 +81,15 @@ def run(
       preemption.Interrupted: SIGTERM was received; a checkpoint was written when training
         had started.
     """
-    _check_arguments(workdir, probe_settings, analysis_settings, stop_on_convergence)
+    preflight.check_arguments(workdir, probe_settings, analysis_settings, stop_on_convergence)
     probe_settings = probe_settings or ProbeSettings()
     analysis_settings = analysis_settings or analysis.Settings()
     numerics = make_numerics()
     numerics.apply()
-    strategy = _make("strategy", strategy, tf.distribute.Strategy, "@distribute.default")
-    training_set = _make("dataset", dataset, data.Dataset, "@data.digits")
-    plan = _make("protocol", protocol, protocol_module.Protocol, "@protocol.gd")
-    _check_learning_rate_schedule(plan)
-    plan.validate(training_set.n)
-    checkpoint_every = _checkpoint_interval(checkpoint_every, plan)
+    strategy = preflight.make_strategy(strategy)
+    training_set = preflight.make_dataset(dataset)
+    plan = preflight.make_protocol(protocol, training_set.n)
+    checkpoint_every = preflight.checkpoint_interval(checkpoint_every, plan)
     run_dir = _own_run_dir(workdir, strategy).create()
     with RunLock(run_dir):
         _record_config(run_dir, config_text)
@@ -120,14 +117,14 @@ def run(
         start_step = checkpoint.restore()
         history = rows_to_resume(run_dir, start_step, plan.schedule())
         if start_step is None:
-            _check_initial_loss(parts.diagnostics, analysis_settings)
+            preflight.check_initial_loss(parts.diagnostics, analysis_settings)
         else:
             parts.diagnostics.restore_reference(run_dir.load_reference())
         operative_config = gin.operative_config_str()
         run_dir.write_operative_config(operative_config)
         writer = MetricWriter.for_run(run_dir, history)
         writer.write_text(OPERATIVE_CONFIG_TAG, operative_config)
-        writer.write_hparams(_hparams(operative_config), trial_id=run_dir.name)
+        writer.write_hparams(gin_hparams(operative_config), trial_id=run_dir.name)
         recorder = Recorder(parts.diagnostics, plan.schedule(), writer, history)
         try:
             _train(
@@ -150,68 +147,6 @@ def run(
             plan,
             analysis_settings,
             title=f"{parts.network.name} on {training_set.name}, {plan.name}",
-        )
-
-
-def _check_arguments(workdir, probe_settings, analysis_settings, stop_on_convergence):
-    """The arguments that are values (the factories are checked when called)."""
-    if not isinstance(workdir, (str, os.PathLike)) or not os.fspath(workdir):
-        raise ValueError(
-            f"experiment.run: workdir = {workdir!r}; expected the run directory's path, e.g. "
-            "'runs/demo'."
-        )
-    for name, value, kind, example in (
-        ("probe_settings", probe_settings, ProbeSettings, "@diagnostics.ProbeSettings()"),
-        ("analysis_settings", analysis_settings, analysis.Settings, "@analysis.Settings()"),
-    ):
-        if value is not None and not isinstance(value, kind):
-            raise ValueError(
-                f"experiment.run.{name} = {_shown(value)}; expected a {kind.__module__}."
-                f"{kind.__qualname__} instance. Bind it with parentheses: "
-                f"experiment.run.{name} = {example}."
-            )
-    validation.boolean("experiment.run.stop_on_convergence", stop_on_convergence)
-
-
-def _shown(value, limit=80):
-    """repr(value), cut to `limit` characters (a Dataset's repr holds its arrays)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _describe(factory):
-    module = getattr(factory, "__module__", None) or ""
-    name = getattr(factory, "__qualname__", None) or type(factory).__name__
-    return f"{module}.{name}" if module else name
-
-
-def _make(role, factory, kind, example, **arguments):
-    """Calls the factory bound to experiment.run.<role>; checks what it returns is a `kind`."""
-    if not callable(factory):
-        raise ValueError(
-            f"experiment.run.{role} = {_shown(factory)} is not callable; expected a reference to a "
-            f"function without parentheses (experiment.run calls it), e.g. "
-            f"experiment.run.{role} = {example}."
-        )
-    made = factory(**arguments)
-    if not isinstance(made, kind):
-        raise ValueError(
-            f"experiment.run.{role} = @{_describe(factory)} returned a "
-            f"{type(made).__name__}; expected a {kind.__module__}.{kind.__qualname__}. Bind "
-            f"the right kind of function, e.g. experiment.run.{role} = {example}."
-        )
-    return made
-
-
-def _check_learning_rate_schedule(plan):
-    schedule = plan.learning_rate_schedule
-    if schedule is not None and not isinstance(
-        schedule, keras.optimizers.schedules.LearningRateSchedule
-    ):
-        raise ValueError(
-            f"protocol.{plan.name}.learning_rate_schedule = {schedule!r}; expected a Keras "
-            "LearningRateSchedule instance. Bind it with parentheses, e.g. "
-            f"protocol.{plan.name}.learning_rate_schedule = @keras.schedules.CosineDecay()."
         )
 
 
@@ -246,70 +181,6 @@ def _finished_summary(run_dir):
     return summary
 
 
-def _check_initial_loss(diagnostics, settings):
-    """Checks L*, the tolerance and the loss bound against the loss at initialization.
-
-    These settings cannot be checked before the model exists; they are checked before the
-    first row is written, so a corrected command can still use the same workdir.
-    """
-    initial = diagnostics.measure(0, probe=False).row["loss"]
-    if initial is None:
-        return  # not finite at initialization: the run is recorded as diverged at step 0
-    name = "analysis.Settings"
-    if settings.l_star > initial:
-        raise ValueError(
-            f"{name}.l_star = {settings.l_star!r} is above the loss at initialization "
-            f"L_0 = {initial:.6g}; L* is the optimal (lowest) loss, so L* <= L_0. Lower it, "
-            f"e.g. {name}.l_star = 0.0 for a model that can interpolate its data."
-        )
-    if initial - settings.l_star <= settings.tolerance:
-        raise ValueError(
-            f"{name}.tolerance = {settings.tolerance!r} >= L_0 - L* = "
-            f"{initial - settings.l_star:.6g}: the run would count as converged before "
-            f"training. Lower it, e.g. {name}.tolerance = 1e-6."
-        )
-    if settings.loss_bound is not None and settings.loss_bound <= initial:
-        raise ValueError(
-            f"{name}.loss_bound = {settings.loss_bound!r} is not above the loss at "
-            f"initialization L_0 = {initial:.6g}: the run would count as diverged at step 0. "
-            f"Raise it above L_0, or set {name}.loss_bound = None (1e6 × L_0)."
-        )
-
-
-def _hparams(operative_config):
-    """{gin parameter: value} of every scalar parameter of the run's operative config."""
-    hparams = {}
-    parser = gin.config_parser.ConfigParser(
-        operative_config, gin.config.ParserDelegate(skip_unknown=True)
-    )
-    for statement in parser:
-        value = getattr(statement, "value", None)
-        if not isinstance(statement, gin.config_parser.BindingStatement) or value is None:
-            continue
-        if isinstance(value, (tuple, list)) and all(
-            isinstance(item, (bool, int, float, str)) for item in value
-        ):
-            value = str(tuple(value))
-        if isinstance(value, (bool, int, float, str)):
-            scope = f"{statement.scope}/" if statement.scope else ""
-            hparams[f"{scope}{_full_selector(statement.selector)}.{statement.arg_name}"] = value
-    return hparams
-
-
-def _full_selector(selector):
-    """'gd' -> 'protocol.gd': the operative config names configurables by minimal selectors."""
-    try:
-        # gin has no public lookup of a registered configurable (pinned gin-config 0.5.0).
-        configurable = gin.config._REGISTRY.get_match(selector)
-    except KeyError:  # ambiguous
-        return selector
-    if configurable is None:
-        return selector
-    if configurable.module == getattr(configurable.wrapped, "__module__", None):
-        return configurable.name  # registered without a gin module: bound by its name
-    return configurable.selector
-
-
 @dataclasses.dataclass
 class _Parts:
     network: object
@@ -322,15 +193,7 @@ def _build(
     training_set, model, plan, probe_settings, analysis_settings, numerics, strategy, run_dir
 ):
     """The network, its trainer, the probe and the batches, under the strategy's scope."""
-    network = _make(
-        "model",
-        model,
-        keras.Model,
-        "@fc.build_model",
-        input_shape=training_set.input_shape,
-        output_dim=training_set.output_dim,
-    )
-    _check_model_matches_data(network, training_set)
+    network = preflight.make_model(model, training_set)
     x_probe, y_probe = _probe_subset(training_set, plan)
     calibrate_batch_norm(network, tf.constant(x_probe))  # a restored checkpoint overrides
     trainer = build_trainer(
@@ -443,28 +306,6 @@ def _finish(run_dir, rows, plan, settings, title):
     os.replace(partial, path)
     run_dir.write_summary(summary)
     return summary
-
-
-def _check_model_matches_data(network, dataset):
-    output_dim = network.output_shape[-1]
-    if output_dim != dataset.output_dim:
-        raise ValueError(
-            f"The model's output dimension is {output_dim} but the data {dataset.name} has "
-            f"targets of dimension {dataset.output_dim}. Build the model with "
-            "output_dim = dataset.output_dim (model builders receive it from the experiment)."
-        )
-
-
-def _checkpoint_interval(checkpoint_every, plan):
-    every = validation.integer(
-        "experiment.run.checkpoint_every", checkpoint_every or plan.probe_every, 1
-    )
-    if every % plan.log_every:
-        raise ValueError(
-            f"experiment.run.checkpoint_every = {every}; expected a positive multiple of the "
-            f"log interval {plan.log_every}."
-        )
-    return every
 
 
 def _probe_subset(dataset, plan):

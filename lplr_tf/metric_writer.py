@@ -14,6 +14,7 @@ gin parameters its HParams.
 
 import os
 
+import gin
 import numpy as np
 import tensorflow as tf
 
@@ -142,3 +143,46 @@ class MetricWriter:
             self._summary_writer.flush()
             self._summary_writer.close()
             self._summary_writer = None
+
+
+def gin_hparams(operative_config):
+    """A launcher run's HParams: {gin parameter: value} of its operative config's scalars.
+
+    Args:
+      operative_config: The text of `gin.operative_config_str()`.
+
+    Returns:
+      {"fc.build_model.width": 1024, "protocol.gd.learning_rate": 2.5, ...}: every bool,
+      int, float or str parameter (tuples of those as their str), named as it is bound.
+    """
+
+    hparams = {}
+    parser = gin.config_parser.ConfigParser(
+        operative_config, gin.config.ParserDelegate(skip_unknown=True)
+    )
+    for statement in parser:
+        value = getattr(statement, "value", None)
+        if not isinstance(statement, gin.config_parser.BindingStatement) or value is None:
+            continue
+        if isinstance(value, (tuple, list)) and all(
+            isinstance(item, (bool, int, float, str)) for item in value
+        ):
+            value = str(tuple(value))
+        if isinstance(value, (bool, int, float, str)):
+            scope = f"{statement.scope}/" if statement.scope else ""
+            hparams[f"{scope}{_full_selector(statement.selector)}.{statement.arg_name}"] = value
+    return hparams
+
+
+def _full_selector(selector):
+    """'gd' -> 'protocol.gd': the operative config names configurables by minimal selectors."""
+    try:
+        # gin has no public lookup of a registered configurable (pinned gin-config 0.5.0).
+        configurable = gin.config._REGISTRY.get_match(selector)
+    except KeyError:  # ambiguous
+        return selector
+    if configurable is None:
+        return selector
+    if configurable.module == getattr(configurable.wrapped, "__module__", None):
+        return configurable.name  # registered without a gin module: bound by its name
+    return configurable.selector

@@ -262,7 +262,7 @@ def configuration_call_error(error):
 
     gin raises these while calling what a config references: a required parameter that no
     binding sets (RuntimeError 'Required bindings ...'), or a TypeError raised by the call
-    itself (not inside the callee: the innermost frame is gin's or the experiment's call).
+    itself (not inside the callee: the innermost frame is gin's or preflight's call).
 
     Returns:
       The message, or None when `error` is something else (then it is a bug).
@@ -278,7 +278,7 @@ def configuration_call_error(error):
         return None
     innermost = _innermost_file(error)
     called_by_gin = os.path.join("gin", "config.py") in innermost
-    if not (called_by_gin or innermost.endswith(os.path.join("lplr_tf", "experiment.py"))):
+    if not (called_by_gin or innermost.endswith(os.path.join("lplr_tf", "preflight.py"))):
         return None
     configurables = re.findall(r"In call to configurable '([\w.]+)'", text)
     where = f" (calling configurable '{configurables[0]}')" if configurables else ""

@@ -16,7 +16,7 @@ import time
 import pytest
 from absl import flags
 
-from lplr_tf import errors, experiment, plots, train
+from lplr_tf import errors, plots, preflight, train
 from lplr_tf.checkpointing import RunCheckpoint
 from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.rundir import RunDirectory
@@ -137,7 +137,7 @@ def _sigterm_self(*args, **kwargs):
 
 
 def test_sigterm_during_start_up_exits_4_and_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(experiment, "_check_initial_loss", _sigterm_self)
+    monkeypatch.setattr(preflight, "check_initial_loss", _sigterm_self)
     assert _main(tmp_path) == errors.EXIT_PREEMPTED
     assert sorted(os.listdir(tmp_path)) == ["config.gin"]  # no lock, metrics or checkpoint
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
