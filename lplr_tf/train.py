@@ -301,6 +301,13 @@ def _disk_full(error):
     return False
 
 
+def _error_detail(error):
+    """The first line of an error, without TensorFlow's op decorations."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\]$", "", text)
+
+
 def _one_message(error):
     """The error's text without gin's 'In call to configurable' trail."""
     lines = [line for line in str(error).splitlines() if "In call to configurable" not in line]
@@ -347,7 +354,7 @@ def main(argv):
                 "No space left on the disk of --workdir=%s (%s). Free some space (or raise the "
                 "quota) and rerun the same command: the run resumes from its last checkpoint.",
                 workdir,
-                str(error).splitlines()[0] if str(error) else type(error).__name__,
+                _error_detail(error),
             )
             return errors.EXIT_CONFIG_ERROR
         message = _one_message(error) if isinstance(error, ValueError) else None
