@@ -14,9 +14,10 @@ import textwrap
 import time
 
 import pytest
+import tensorflow as tf
 from absl import flags
 
-from lplr_tf import errors, plots, preflight, train
+from lplr_tf import errors, plots, preemption, preflight, train
 from lplr_tf.checkpointing import RunCheckpoint
 from lplr_tf.metric_writer import MetricWriter
 from lplr_tf.rundir import RunDirectory
@@ -207,8 +208,6 @@ def test_full_disk_while_logging_is_one_message_and_the_rerun_resumes(
 
 
 def test_full_disk_while_checkpointing_is_one_message(tmp_path, monkeypatch, caplog):
-    import tensorflow as tf
-
     def full(self, step):
         raise tf.errors.ResourceExhaustedError(
             None, None, f"{tmp_path}/checkpoints/ckpt-{step}.data; No space left on device"
@@ -244,3 +243,24 @@ def test_rows_are_synced_to_disk_before_the_checkpoint_that_covers_them(tmp_path
         _, step, logged = events[index]
         assert logged == step // 5 + 1  # the rows of steps 0, 5, ..., step
         assert events[index - 1] == ("fsync", metrics)  # and they are on disk
+
+
+def test_preempted_between_logged_steps_resumes_from_the_checkpointed_step(
+    tmp_path, monkeypatch, uninterrupted
+):
+    polls = []
+
+    def sigterm_after_63_steps(self):
+        polls.append(None)
+        return len(polls) == 63  # polled after every step: SIGTERM at step 63
+
+    with monkeypatch.context() as patches:
+        patches.setattr(preemption.TerminationFlag, "agreed", sigterm_after_63_steps)
+        with pytest.raises(preemption.Interrupted) as interruption:
+            train.launch(["digits_fc_gd.gin"], BINDINGS, str(tmp_path))
+    assert interruption.value.step == 63
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-63")
+    assert RunDirectory(tmp_path).read_metrics()[-1]["step"] == 60
+    # The rerun continues from the weights of step 63 (not from the last row's step 60).
+    summary = train.launch(["digits_fc_gd.gin"], BINDINGS, str(tmp_path))
+    _assert_identical(str(tmp_path), summary, uninterrupted)
