@@ -176,12 +176,47 @@ class Settings:
     linearized_threshold: float = 0.1
 
     def __post_init__(self):
+        # Every setting is checked when the settings are made, i.e. before a run's first step.
+        # (Imported here to keep this check self-contained.)
+        import numbers
+
+        from lplr_tf import validation
+
+        name = "analysis.Settings"
+        l_star = validation.number(f"{name}.l_star", self.l_star, example=0.0)
+        tolerance = validation.number(f"{name}.tolerance", self.tolerance, 0.0, example=1e-6)
+        if self.loss_bound is not None:
+            bound = validation.number(f"{name}.loss_bound", self.loss_bound, 0.0, strict=True)
+            if bound <= l_star + tolerance:
+                raise ValueError(
+                    f"{name}.loss_bound = {bound!r} is not above l_star + tolerance = "
+                    f"{l_star + tolerance!r}: every loss would count as diverged and "
+                    "converged at once. Raise loss_bound, or set it to None for the default "
+                    "1e6 × max(L_0, tolerance)."
+                )
+            object.__setattr__(self, "loss_bound", bound)
+        drift_bound = validation.number(
+            f"{name}.kernel_drift_bound", self.kernel_drift_bound, 0.0, strict=True, example=0.5
+        )
+        object.__setattr__(self, "l_star", l_star)
+        object.__setattr__(self, "tolerance", tolerance)
+        object.__setattr__(self, "kernel_drift_bound", drift_bound)
         window = self.fit_window
         if window is not None:
-            if len(window) != 2 or window[0] > window[1]:
+            pair = isinstance(window, (tuple, list)) and len(window) == 2
+            if not pair or any(
+                isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0
+                for step in window
+            ):
                 raise ValueError(
-                    f"analysis.Settings.fit_window = {window!r}; expected (first_step, "
-                    "last_step) with first ≤ last, or None for the automatic window."
+                    f"{name}.fit_window = {window!r}; expected (first_step, last_step), two "
+                    "integers >= 0, or None for the automatic window. Fix the binding, e.g. "
+                    f"{name}.fit_window = (100, 500)."
+                )
+            if window[0] > window[1]:
+                raise ValueError(
+                    f"{name}.fit_window = {tuple(window)!r}; expected first_step <= last_step. "
+                    f"Swap them: {name}.fit_window = {(window[1], window[0])!r}."
                 )
             object.__setattr__(self, "fit_window", (int(window[0]), int(window[1])))
 

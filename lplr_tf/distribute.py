@@ -9,7 +9,9 @@
     distribute.tpu.zone = 'us-central2-b'               #   on a TPU VM); zone and project
     distribute.tpu.project = 'my-project'               #   only for a remote TPU by name
 
-`multi_worker` reads the cluster from the TF_CONFIG environment variable of each process.
+`multi_worker` reads the cluster from the TF_CONFIG environment variable of each process and
+waits at most `distribute.multi_worker.timeout_seconds` (default 600) for every worker to
+start; a worker that never comes stops the others with a message naming it (exit code 2).
 Everything that builds models or steps runs under `strategy.scope()` and never asks which
 strategy is active.
 """
@@ -20,8 +22,12 @@ import os
 import gin
 import tensorflow as tf
 
+from lplr_tf import validation
+from lplr_tf.rendezvous import wait_for_peers
+
 
 def _check_tf_config():
+    """The parsed TF_CONFIG of this process, or a ValueError naming what is wrong."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise ValueError(
@@ -37,6 +43,7 @@ def _check_tf_config():
             f"TF_CONFIG = {raw!r} is not valid: expected JSON with cluster.worker (a list of "
             "host:port) and task.type / task.index."
         ) from error
+    return config
 
 
 def _tpu_strategy(address, zone, project):
@@ -75,9 +82,18 @@ def mirrored(devices=None):
 
 
 @gin.configurable(module="distribute")
-def multi_worker():
-    """Data-parallel replicas over several hosts, the cluster read from TF_CONFIG."""
-    _check_tf_config()
+def multi_worker(timeout_seconds=600):
+    """Data-parallel replicas over several hosts, the cluster read from TF_CONFIG.
+
+    Every worker first waits, for at most `timeout_seconds`, until every other worker of the
+    cluster is up (`rendezvous.wait_for_peers`): TensorFlow itself would wait forever for a
+    peer that never starts, unable to be interrupted.
+    """
+    config = _check_tf_config()
+    timeout = validation.number(
+        "distribute.multi_worker.timeout_seconds", timeout_seconds, 0.0, strict=True, example=600
+    )
+    wait_for_peers(config, timeout)
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 

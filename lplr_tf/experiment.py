@@ -4,12 +4,19 @@ Flow: numerics → distribute → data → model → protocol → trainer → pr
 over diagnostics.Diagnostics) → metric writer → analysis. This is the only module that knows
 all the parts; the parts below it know nothing of gin files or of each other's internals.
 
+Every argument and setting is checked before anything is written: a bad one is a ValueError
+naming it, what was expected and the fix. Nothing is written before the run lock is taken.
+
 A run is resumable: the same call on the same workdir restores the newest readable
-checkpoint, keeps the metrics logged up to it, and continues; a finished run (summary.json
-with a final status) returns its summary without training again.
+checkpoint, checks that metrics.jsonl holds every row logged up to it, keeps those rows, and
+continues; a restored step that already met a stop rule is not trained past. Finishing
+(TensorBoard flush, plot, then summary.json last) is safe to redo: a run is finished when its
+summary.json has a final status and its plot exists, and a rerun of a run cut short while
+finishing restores its last checkpoint and finishes it again, identically.
 """
 
 import dataclasses
+import os
 
 import gin
 import numpy as np
@@ -17,20 +24,22 @@ import tensorflow as tf
 from absl import logging
 
 # Importing these modules registers their gin configurables.
-from lplr_tf import analysis, configurables, data, distribute, models, plots, validation  # noqa: F401
+from lplr_tf import analysis, configurables, data, distribute, models, plots, preflight, validation  # noqa: F401
 from lplr_tf import protocol as protocol_module  # noqa: F401
-from lplr_tf.checkpointing import RunCheckpoint, RunLock
+from lplr_tf.checkpointing import RunCheckpoint, RunLock, rows_to_resume
+from lplr_tf.console import ProgressReporter
 from lplr_tf.diagnostics import Diagnostics, ProbeSettings
-from lplr_tf.metric_writer import MetricWriter
+from lplr_tf.errors import ConfigError
+from lplr_tf.metric_writer import OPERATIVE_CONFIG_TAG, MetricWriter, gin_hparams
 from lplr_tf.models.batch_norm import calibrate_batch_norm
 from lplr_tf.numerics import make_numerics
 from lplr_tf.preemption import Interrupted, TerminationFlag
 from lplr_tf.probing import Recorder
 from lplr_tf.rundir import RunDirectory
-from lplr_tf.trainer import ProgressReporter, build_trainer, train
+from lplr_tf.trainer import build_trainer, train
 
 
-@gin.configurable(module="experiment", denylist=["workdir"])
+@gin.configurable(module="experiment", denylist=["workdir", "config_text"])
 def run(
     workdir,
     dataset=gin.REQUIRED,
@@ -41,6 +50,7 @@ def run(
     analysis_settings=None,
     stop_on_convergence=True,
     checkpoint_every=None,
+    config_text=None,
 ):
     """Trains one configuration and writes its run directory.
 
@@ -57,32 +67,34 @@ def run(
       checkpoint_every: Steps between checkpoints, a multiple of the log interval (default:
         the probe interval). A checkpoint is also written at step 0, at the end, and on
         SIGTERM.
+      config_text: What was asked (the launcher's gin files and bindings), written to
+        config.gin once the run lock is held; a workdir with checkpoints of another
+        configuration is refused. None: config.gin is neither written nor checked.
 
     Returns:
       The summary dict also written to workdir/summary.json.
 
     Raises:
-      ValueError: a bad setting (named, with the fix).
+      ValueError: a bad setting, or a run directory that cannot be resumed (named, with
+        the fix).
       errors.RunLockedError: another live process runs on the workdir.
-      preemption.Interrupted: SIGTERM was received; a checkpoint was written.
+      preemption.Interrupted: SIGTERM was received; a checkpoint was written when training
+        had started.
     """
+    preflight.check_arguments(workdir, probe_settings, analysis_settings, stop_on_convergence)
     probe_settings = probe_settings or ProbeSettings()
     analysis_settings = analysis_settings or analysis.Settings()
-    validation.boolean("experiment.run.stop_on_convergence", stop_on_convergence)
     numerics = make_numerics()
     numerics.apply()
-    strategy = strategy()
-    training_set = dataset()
-    plan = protocol()
-    plan.validate(training_set.n)
-    checkpoint_every = _checkpoint_interval(checkpoint_every, plan)
+    strategy = preflight.make_strategy(strategy)
+    training_set = preflight.make_dataset(dataset)
+    plan = preflight.make_protocol(protocol, training_set.n)
+    checkpoint_every = preflight.checkpoint_interval(checkpoint_every, plan)
     run_dir = _own_run_dir(workdir, strategy).create()
     with RunLock(run_dir):
-        finished = run_dir.read_summary()
-        if finished and finished.get("status") in analysis.FINAL_STATUSES:
-            logging.info(
-                "%s already finished (%s); nothing to do.", run_dir.path, finished["status"]
-            )
+        _record_config(run_dir, config_text)
+        finished = _finished_summary(run_dir)
+        if finished is not None:
             return finished
         with strategy.scope():
             parts = _build(
@@ -102,11 +114,17 @@ def run(
             theta0=parts.diagnostics.theta0,
             **({} if plan.full_batch else {"iterator": parts.batches}),
         )
-        history = _resume(run_dir, checkpoint, parts.diagnostics)
+        start_step = checkpoint.restore()
+        history = rows_to_resume(run_dir, start_step, plan.schedule())
+        if start_step is None:
+            preflight.check_initial_loss(parts.diagnostics, analysis_settings)
+        else:
+            parts.diagnostics.restore_reference(run_dir.load_reference())
         operative_config = gin.operative_config_str()
         run_dir.write_operative_config(operative_config)
         writer = MetricWriter.for_run(run_dir, history)
-        writer.write_text("operative_config", operative_config)
+        writer.write_text(OPERATIVE_CONFIG_TAG, operative_config)
+        writer.write_hparams(gin_hparams(operative_config), trial_id=run_dir.name)
         recorder = Recorder(parts.diagnostics, plan.schedule(), writer, history)
         try:
             _train(
@@ -119,9 +137,10 @@ def run(
                 checkpoint_every,
                 strategy,
                 numerics,
+                start_step or 0,
             )
         finally:
-            recorder.close()
+            recorder.close()  # flushes metrics.jsonl and TensorBoard
         return _finish(
             run_dir,
             recorder.history,
@@ -129,6 +148,37 @@ def run(
             analysis_settings,
             title=f"{parts.network.name} on {training_set.name}, {plan.name}",
         )
+
+
+def _record_config(run_dir, config_text):
+    """Writes config.gin (under the lock); refuses a resumable workdir of another config."""
+    if config_text is None:
+        return
+    recorded = run_dir.read_config()
+    if run_dir.has_checkpoints() and recorded not in (None, config_text):
+        raise ConfigError(
+            f"--workdir={run_dir.path} holds a run started with another configuration (see "
+            f"{run_dir.config}); resuming needs the same --gin_file and --gin_bindings. "
+            "Use a new --workdir for a new configuration."
+        )
+    if recorded != config_text:
+        run_dir.write_config(config_text)
+
+
+def _finished_summary(run_dir):
+    """The summary of a finished run (final status, plot written), else None."""
+    summary = run_dir.read_summary()
+    if not summary or summary.get("status") not in analysis.FINAL_STATUSES:
+        return None
+    if not os.path.isfile(run_dir.convergence_plot):
+        logging.info(
+            "%s: summary.json is final but %s is missing; finishing the run again.",
+            run_dir.path,
+            run_dir.convergence_plot,
+        )
+        return None
+    logging.info("%s already finished (%s); nothing to do.", run_dir.path, summary["status"])
+    return summary
 
 
 @dataclasses.dataclass
@@ -143,8 +193,7 @@ def _build(
     training_set, model, plan, probe_settings, analysis_settings, numerics, strategy, run_dir
 ):
     """The network, its trainer, the probe and the batches, under the strategy's scope."""
-    network = model(input_shape=training_set.input_shape, output_dim=training_set.output_dim)
-    _check_model_matches_data(network, training_set)
+    network = preflight.make_model(model, training_set)
     x_probe, y_probe = _probe_subset(training_set, plan)
     calibrate_batch_norm(network, tf.constant(x_probe))  # a restored checkpoint overrides
     trainer = build_trainer(
@@ -178,15 +227,6 @@ def _build(
     return _Parts(network, trainer, diagnostics, batches)
 
 
-def _resume(run_dir, checkpoint, diagnostics):
-    """Restores the newest readable checkpoint; returns the rows logged up to it ([] if none)."""
-    start_step = checkpoint.restore()
-    if start_step is None:
-        return []
-    diagnostics.restore_reference(run_dir.load_reference())
-    return [row for row in run_dir.read_metrics() if row["step"] <= start_step]
-
-
 def _train(
     parts,
     recorder,
@@ -197,19 +237,33 @@ def _train(
     checkpoint_every,
     strategy,
     numerics,
+    start_step,
 ):
-    """Measures step 0 (unless resumed), then trains, measuring and checkpointing on schedule."""
-    progress = ProgressReporter(plan.num_steps, settings.l_star)
+    """Measures step 0 (unless resumed), then trains, measuring and checkpointing on schedule.
+
+    Args:
+      start_step: The step the weights are at: 0, or the restored checkpoint's step.
+    """
+    progress = ProgressReporter(
+        plan.num_steps, settings.l_star, settings.tolerance if stop_on_convergence else None
+    )
+
+    def save(step):
+        recorder.writer.sync()  # the rows a checkpoint covers are on disk before it is
+        checkpoint.save(step)
+
+    def should_stop(row):
+        stop = _stop_reason(row, recorder.history[0]["loss"], settings)
+        return stop == "diverged" or (stop == "converged" and stop_on_convergence)
 
     def on_step(step):
         measurement = recorder.record_if_due(step)
         if measurement is None:
             return False
         row = measurement.row
-        stop = _stop_reason(row, recorder.history[0]["loss"], settings)
-        stop = stop == "diverged" or (stop == "converged" and stop_on_convergence)
+        stop = should_stop(row)
         if stop or step % checkpoint_every == 0 or step == plan.num_steps:
-            checkpoint.save(step)
+            save(step)
         if row["loss"] is not None:
             progress(step, row["loss"], force=step in (0, plan.num_steps) or stop)
         return stop
@@ -218,13 +272,10 @@ def _train(
     if last is None:
         if on_step(0):
             return
-    else:
-        stop = _stop_reason(last, recorder.history[0]["loss"], settings)
-        if stop == "diverged" or (stop == "converged" and stop_on_convergence):
-            return  # the restored checkpoint is the run's last step
-    start_step = 0 if last is None else last["step"]
-    try:
-        with TerminationFlag(strategy) as termination:
+    elif last["step"] == start_step and should_stop(last):
+        return  # the restored checkpoint is the run's last step: finish without training
+    with TerminationFlag(strategy) as termination:
+        try:
             train(
                 parts.trainer,
                 parts.batches,
@@ -235,44 +286,26 @@ def _train(
                 interrupted=termination.agreed,
                 jit_compile=numerics.jit_compile,
             )
-    except Interrupted as interruption:
-        checkpoint.save(interruption.step)
-        logging.warning(
-            "SIGTERM at step %d: checkpoint written; rerun to resume.", interruption.step
-        )
-        raise
+        except Interrupted as interruption:
+            save(interruption.step)  # still under the flag: a second SIGTERM waits for it
+            logging.warning(
+                "SIGTERM at step %d: checkpoint written; rerun to resume.", interruption.step
+            )
+            raise
 
 
 def _finish(run_dir, rows, plan, settings, title):
-    """Writes summary.json and the convergence plot; returns the summary."""
+    """Writes the convergence plot, then summary.json (last: a final summary means done)."""
     summary = analysis.summarize(
         rows, learning_rate=plan.learning_rate, settings=settings, num_steps=plan.num_steps
     )
+    path = run_dir.convergence_plot
+    root, extension = os.path.splitext(path)
+    partial = f"{root}.partial{extension}"  # a plot cut short is never taken for a whole one
+    plots.plot_convergence(rows, summary, partial, title=title)
+    os.replace(partial, path)
     run_dir.write_summary(summary)
-    plots.plot_convergence(rows, summary, run_dir.convergence_plot, title=title)
     return summary
-
-
-def _check_model_matches_data(network, dataset):
-    output_dim = network.output_shape[-1]
-    if output_dim != dataset.output_dim:
-        raise ValueError(
-            f"The model's output dimension is {output_dim} but the data {dataset.name} has "
-            f"targets of dimension {dataset.output_dim}. Build the model with "
-            "output_dim = dataset.output_dim (model builders receive it from the experiment)."
-        )
-
-
-def _checkpoint_interval(checkpoint_every, plan):
-    every = validation.integer(
-        "experiment.run.checkpoint_every", checkpoint_every or plan.probe_every, 1
-    )
-    if every % plan.log_every:
-        raise ValueError(
-            f"experiment.run.checkpoint_every = {every}; expected a positive multiple of the "
-            f"log interval {plan.log_every}."
-        )
-    return every
 
 
 def _probe_subset(dataset, plan):

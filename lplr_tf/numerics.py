@@ -6,6 +6,8 @@ import gin
 import keras
 import tensorflow as tf
 
+from lplr_tf import validation
+
 
 @dataclasses.dataclass(frozen=True)
 class Numerics:
@@ -38,4 +40,8 @@ def make_numerics(seed=0, jit_compile=False, allow_tf32=False):
             f"numerics.jit_compile = {jit_compile!r}; expected True or False (not 'auto': "
             "lplr_tf pins the XLA choice)."
         )
-    return Numerics(seed=int(seed), jit_compile=jit_compile, allow_tf32=bool(allow_tf32))
+    return Numerics(
+        seed=validation.integer("numerics.seed", seed, 0),
+        jit_compile=jit_compile,
+        allow_tf32=validation.boolean("numerics.allow_tf32", allow_tf32),
+    )

@@ -42,6 +42,8 @@ def write_atomically(path, text):
     temporary = path + ".tmp"
     with open(temporary, "w", encoding="utf-8") as stream:
         stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())  # on disk before the rename makes it visible
     os.replace(temporary, path)
 
 
@@ -222,7 +224,10 @@ class RunDirectory:
     def save_reference(self, arrays):
         """Stores the probes' reference arrays (K₀, r₀) once, atomically (NumPy .npz)."""
         temporary = self.reference + ".tmp.npz"
-        np.savez(temporary, **arrays)
+        with open(temporary, "wb") as stream:
+            np.savez(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(temporary, self.reference)
 
     def load_reference(self):

@@ -12,11 +12,8 @@ divides by the global batch size (all-reduced), and the optimizer sums the repli
 gradients: R replicas take exactly the step one device would.
 """
 
-import time
-
 import keras
 import tensorflow as tf
-from absl import logging
 
 from lplr_tf.losses import HalfSquaredError, squared_loss
 from lplr_tf.preemption import Interrupted
@@ -72,40 +69,6 @@ def build_trainer(network, learning_rate, jit_compile, learning_rate_schedule=No
     )
     trainer.optimizer.build(network.trainable_variables)
     return trainer
-
-
-class ProgressReporter:
-    """Logs one progress line at most every `interval_seconds` (step, loss, rate so far)."""
-
-    def __init__(self, num_steps, l_star, interval_seconds=5.0):
-        self.num_steps = num_steps
-        self.l_star = l_star
-        self.interval_seconds = interval_seconds
-        self.start_time = time.monotonic()
-        self.last_time = None
-        self.initial_gap = None
-        self.initial_step = None
-
-    def __call__(self, step, loss, force=False):
-        gap = loss - self.l_star
-        if self.initial_gap is None:
-            self.initial_gap, self.initial_step = gap, step
-        now = time.monotonic()
-        if (
-            not force
-            and self.last_time is not None
-            and now - self.last_time < self.interval_seconds
-        ):
-            return
-        self.last_time = now
-        rate = ""
-        if step > self.initial_step and gap > 0 and self.initial_gap > 0:
-            per_step = (gap / self.initial_gap) ** (1.0 / (step - self.initial_step))
-            rate = f"  rate so far {per_step:.5f}/step"
-        speed = step / max(now - self.start_time, 1e-9)
-        logging.info(
-            "step %d/%d  loss %.4e%s  (%.1f steps/s)", step, self.num_steps, loss, rate, speed
-        )
 
 
 def train(

@@ -48,6 +48,28 @@ def positive_number(name, value):
     return float(value)
 
 
+def number(name, value, minimum=-math.inf, *, strict=False, example=None):
+    """Returns `value` as a finite float >= `minimum` (> when `strict`), or raises.
+
+    Gin reads `1e999` as infinity and passes strings and booleans through unchanged; every
+    one of them is refused here with the setting's name, the value and an example fix.
+    """
+    valid = (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and math.isfinite(value)
+        and (value > minimum if strict else value >= minimum)
+    )
+    if not valid:
+        bound = "" if minimum == -math.inf else f" {'>' if strict else '>='} {minimum:g}"
+        example = example if example is not None else max(minimum, 0.0) + (1.0 if strict else 0)
+        raise ValueError(
+            f"{name} = {value!r}; expected a finite number{bound}. Fix the binding, e.g. "
+            f"{name} = {example!r}."
+        )
+    return float(value)
+
+
 def boolean(name, value):
     """Returns `value` when it is True or False, or raises naming the setting and the fix.
 
@@ -67,4 +89,19 @@ def choice(name, value, choices):
             f"{name} = {value!r}; expected one of {', '.join(map(repr, choices))}. Fix the "
             f"binding, e.g. {name} = {choices[0]!r}."
         )
+    return value
+
+
+def keras_initializer(name, value):
+    """Returns `value` when Keras knows an initializer of that name, or raises with the fix."""
+    import keras  # Only the model builders need this check; keep this module light.
+
+    try:
+        keras.initializers.get({"class_name": value, "config": {"seed": 0}})
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"{name} = {value!r} is not a Keras initializer; expected a name such as "
+            f"'glorot_uniform', 'he_normal' or 'lecun_normal'. Fix the binding, e.g. "
+            f"{name} = 'he_normal'."
+        ) from error
     return value

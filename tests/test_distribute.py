@@ -1,5 +1,6 @@
 """tf.distribute: Mirrored over 2 logical CPUs and MultiWorkerMirrored over 2 local processes
-give the single-device numbers; TPU and strategy settings fail with clear messages.
+give the single-device numbers; TPU and strategy settings fail with clear messages; workers
+wait for each other with a deadline (an absent peer is named, exit code 2).
 
 Logical devices must be configured before TensorFlow initializes, so every distributed run
 happens in a fresh subprocess.
@@ -12,11 +13,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 
-from lplr_tf import distribute, errors, train
+from lplr_tf import distribute, errors, rendezvous, train
 from lplr_tf.rundir import RunDirectory
 
 BINDINGS = [
@@ -225,3 +227,65 @@ def test_unknown_strategy_and_missing_tf_config_are_named(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG = '{not json' is not valid"):
         distribute.multi_worker()
+
+
+def _cluster(count):
+    return {"worker": [f"127.0.0.1:{port}" for port in _free_ports(count)]}
+
+
+def test_rendezvous_waits_for_late_workers_and_names_a_missing_one():
+    cluster = _cluster(3)
+    outcomes = {}
+
+    def worker(index, delay, timeout):
+        time.sleep(delay)
+        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        try:
+            rendezvous.wait_for_peers(config, timeout)
+            outcomes[index] = "met"
+        except ValueError as error:
+            outcomes[index] = str(error)
+
+    threads = [
+        threading.Thread(target=worker, args=(index, delay, 10.0))
+        for index, delay in ((0, 0.0), (1, 0.5), (2, 1.0))  # workers start at different times
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == {0: "met", 1: "met", 2: "met"}
+    threads = [threading.Thread(target=worker, args=(index, 0.0, 1.0)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index in (0, 1):  # worker 2 never starts
+        assert outcomes[index].startswith(
+            f"distribute.multi_worker: worker 2 at {cluster['worker'][2]} did not start within "
+            f"1 s (this is worker {index} at {cluster['worker'][index]})."
+        )
+
+
+def test_multi_worker_run_with_an_absent_peer_times_out_with_exit_2(tmp_path):
+    tf_config = {"cluster": _cluster(2), "task": {"type": "worker", "index": 0}}
+    result = subprocess.run(
+        [
+            os.path.join(os.path.dirname(sys.executable), "lplr-train"),
+            "--gin_file=digits_fc_gd.gin",
+            "--gin_file=smoke.gin",
+            f"--workdir={tmp_path}",
+            "--gin_bindings=experiment.run.strategy = @distribute.multi_worker",
+            "--gin_bindings=distribute.multi_worker.timeout_seconds = 2",
+        ],
+        env=dict(os.environ, TF_CONFIG=json.dumps(tf_config)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == errors.EXIT_CONFIG_ERROR, result.stderr[-3000:]
+    assert (
+        f"worker 1 at {tf_config['cluster']['worker'][1]} did not start within 2 s" in result.stderr
+    )
+    assert "distribute.multi_worker.timeout_seconds" in result.stderr
+    assert not os.path.exists(tmp_path / "metrics.jsonl")

@@ -2,10 +2,14 @@
 
 import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
 from lplr_tf import errors, train
+from lplr_tf.console import ProgressReporter
 
 METRIC_KEYS = {"step", "loss", "grad_norm_sq", "pl_ratio", "drift", "relative_drift", "wall_time"}
 SUMMARY_KEYS = {
@@ -83,20 +87,35 @@ def test_config_found_by_path_and_by_name(tmp_path):
         (
             ["digits_fc_gd.gin"],
             ["fc.build_modl.width = 3"],
-            "No configurable matching 'fc.build_modl'",
+            r"No configurable matching 'fc.build_modl'.*\nDid you mean 'fc.build_model'[ ?]",
         ),
         (
             ["digits_fc_gd.gin"],
             ["fc.build_model.widht = 3"],
-            "doesn't have a parameter named 'widht'",
+            r"doesn't have a parameter named 'widht'.*\nDid you mean fc.build_model.width\?",
         ),
-        (["digits_fc_gd.gin"], ["experiment.run.dataset = @data.digitz"], "data.digitz"),
-        (["no_such_config.gin"], [], "--gin_file=no_such_config.gin: no such file"),
+        (
+            ["digits_fc_gd.gin"],
+            ["experiment.run.dataset = @data.digitz"],
+            r"'@data.digitz'.*\nDid you mean 'data.digits'[ ?]",
+        ),
+        (
+            ["digits_fc_gd.gin"],
+            ["analysis.Settings.tolerence = 1e-3"],
+            r"Did you mean analysis.Settings.tolerance\?",
+        ),
+        (
+            ["no_such_config.gin"],
+            [],
+            "--gin_file=no_such_config.gin: no such file",
+        ),
+        (["digits_fc_gd"], [], r"Did you mean digits_fc_gd.gin\?"),
     ],
 )
 def test_bad_configuration_is_one_clear_message(files, bindings, message, tmp_path):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"(?s){message}"):
         train.launch(files, bindings, str(tmp_path))
+    assert os.listdir(tmp_path) == []  # nothing written
 
 
 def test_n_larger_than_the_dataset_is_named(tmp_path):
@@ -119,3 +138,152 @@ def test_main_returns_config_error_exit_code(tmp_path):
         assert train.main(["lplr-train"]) == errors.EXIT_CONFIG_ERROR
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def test_help_lists_every_flag_with_its_help():
+    # `lplr-train --help` is answered before TensorFlow is imported.
+    result = subprocess.run(
+        [_command("lplr-train"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == errors.EXIT_OK
+    flag_lines = [line.strip() for line in result.stdout.splitlines() if line.startswith("  --")]
+    assert flag_lines == ["--gin_file", "--gin_bindings", "--gin_search_paths", "--workdir"]
+    help_text = " ".join(result.stdout.split())
+    for text in train.FLAG_HELP.values():
+        assert " ".join(text.split()) in help_text
+    assert "Try --helpfull" not in result.stdout
+
+
+def _command(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def test_search_paths_find_user_configs_and_their_includes(tmp_path):
+    mine = tmp_path / "configs"
+    (mine / "shared").mkdir(parents=True)
+    (mine / "shared" / "tiny.gin").write_text("fc.build_model.width = 8\n")
+    (mine / "mine.gin").write_text(
+        "include 'digits_fc_gd.gin'\ninclude 'smoke.gin'\ninclude 'shared/tiny.gin'\n"
+    )
+    summary = train.launch(["mine.gin"], [], str(tmp_path / "run"), search_paths=[str(mine)])
+    assert summary["steps"] == 12
+    operative = open(tmp_path / "run" / "operative_config.gin", encoding="utf-8").read()
+    assert "fc.build_model.width = 8" in operative
+    with pytest.raises(ValueError, match=r"--gin_search_paths=/no/such/dir: no such directory"):
+        train.launch(["mine.gin"], [], str(tmp_path / "other"), search_paths=["/no/such/dir"])
+
+
+def test_console_shows_our_lines_only_and_ends_with_the_verdict(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [
+            _command("lplr-train"),
+            "--gin_file=digits_fc_gd.gin",
+            "--gin_file=smoke.gin",
+            f"--workdir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == errors.EXIT_OK, result.stderr[-3000:]
+    # Every stderr line is absl's format from one of our modules: no TensorFlow start-up
+    # lines (oneDNN, cudart, cuInit, cpu_feature_guard, InitializeLog).
+    ours = re.compile(
+        r"^[IWE]\d{4} [\d:.]+ +\d+ (experiment|console|train|checkpointing)\.py:\d+\] "
+    )
+    lines = result.stderr.splitlines()
+    assert lines and all(ours.match(line) for line in lines), result.stderr[:2000]
+    assert re.search(
+        r"step 12/12  loss [\d.e+-]+  rate so far [\d.]+/step  [\d.]+ steps/s  ETA 0 s",
+        result.stderr,
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    head, blank, *paragraph = result.stdout.strip().splitlines()
+    assert head == (
+        f"Run ended at step 12 (max_steps). Summary: {tmp_path}/summary.json  "
+        f"Plot: {tmp_path}/plots/convergence.png"
+    )
+    assert blank == "" and " ".join(paragraph) == summary["verdict"]
+    assert all(len(line) <= 88 for line in paragraph)
+
+
+def _events(logdir):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tensorboard_tags_are_grouped_and_hold_the_metrics(tmp_path):
+    import tensorflow as tf
+
+    train.launch(["digits_fc_gd.gin", "smoke.gin"], [], str(tmp_path))
+    rows = _rows(tmp_path)
+    events = _events(tmp_path / "tb")
+    scalars = set(events.Tags()["tensors"])
+    for tag in (
+        "loss/train",
+        "loss/probe",
+        "loss/linearized",
+        "gradient/norm_sq",
+        "pl/ratio",
+        "drift/param",
+        "drift/kernel",
+        "ntk/lambda_min",
+        "ntk/lambda_max",
+        "sharpness/hessian",
+        "sharpness/gauss_newton",
+    ):
+        assert tag in scalars, (tag, sorted(scalars))
+    for tag, key in (("loss/train", "loss"), ("ntk/lambda_min", "ntk_lambda_min")):
+        logged = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
+        assert logged == {r["step"]: pytest.approx(r[key], rel=1e-6) for r in rows if key in r}
+    assert [e.step for e in events.Tensors("ntk/spectrum")] == [0, 4, 8, 12]
+    operative = tf.make_ndarray(events.Tensors("config/operative")[0].tensor_proto)
+    assert b"fc.build_model.width = 16" in operative.item()
+
+
+def test_hparams_of_a_single_run_are_its_gin_parameters(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    train.launch(["digits_fc_gd.gin", "smoke.gin"], ["numerics.seed = 3"], str(tmp_path))
+    events = _events(tmp_path / "tb")
+    content = events.PluginTagToContent("hparams")
+    data = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = {
+        name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+        for name, value in data.session_start_info.hparams.items()
+    }
+    assert hparams["fc.build_model.width"] == 16
+    assert hparams["fc.build_model.depth"] == 1
+    assert hparams["protocol.gd.learning_rate"] == 2.5
+    assert hparams["numerics.seed"] == 3
+    assert hparams["data.digits.classes"] == "(0, 1)"
+
+
+def test_progress_lines_estimate_the_time_left():
+    lines = []
+    now = [0.0]
+    progress = ProgressReporter(
+        1000, 0.0, tolerance=1e-6, clock=lambda: now[0], emit=lambda *a: lines.append(a[0] % a[1:])
+    )
+    progress(0, 1.0)
+    now[0] = 10.0
+    progress(100, 0.1)  # ρ = 0.1^(1/100), 10 steps/s: 1e-6 is 500 steps away, 50 s
+    assert (
+        lines[-1]
+        == "step 100/1000  loss 1.0000e-01  rate so far 0.97724/step  10.0 steps/s  ETA 50 s"
+    )
+    no_stop = ProgressReporter(
+        1000, 0.0, clock=lambda: now[0], emit=lambda *a: lines.append(a[0] % a[1:])
+    )
+    now[0] = 0.0
+    no_stop(0, 1.0)
+    now[0] = 10.0
+    no_stop(100, 0.1, force=True)  # 900 steps left at 10 steps/s
+    assert lines[-1].endswith("ETA 1 min 30 s")

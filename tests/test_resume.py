@@ -1,9 +1,12 @@
-"""Surviving crashes: kill -9 and SIGTERM mid-run, truncated checkpoints, one run per workdir."""
+"""Surviving crashes: kill -9 and SIGTERM mid-run, truncated checkpoints, damaged run
+directories (missing rows, plots, summaries, locks), one run per workdir."""
 
 import json
 import math
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -196,3 +199,144 @@ def test_sgd_resume_continues_the_batch_order(tmp_path):
     assert [r["loss"] for r in RunDirectory(workdir).read_metrics()] == pytest.approx(
         [r["loss"] for r in RunDirectory(tmp_path / "straight").read_metrics()], rel=1e-5
     )
+
+
+# Converges at step 170 (not a periodic checkpoint: the final checkpoint is the stop's own).
+CONVERGING = [
+    "data.digits.n = 32",
+    "fc.build_model.width = 64",
+    "protocol.gd.num_steps = 300",
+    "protocol.gd.learning_rate = 1.0",
+    "protocol.gd.log_every = 5",
+    "protocol.gd.probe_every = 20",
+    "diagnostics.ProbeSettings.measure_sharpness = False",
+    "analysis.Settings.tolerance = 3e-3",
+]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("finished"))
+    summary = train.launch(["digits_fc_gd.gin"], CONVERGING, workdir)
+    assert (summary["status"], summary["steps"]) == ("converged", 170)
+    return workdir, summary, _without_wall_time(RunDirectory(workdir).read_metrics())
+
+
+def _without_wall_time(rows):
+    return [{k: v for k, v in row.items() if k != "wall_time"} for row in rows]
+
+
+def _copy(finished, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(finished[0], workdir)
+    return workdir
+
+
+def test_finished_run_without_summary_and_plots_is_not_trained_past_its_end(finished, tmp_path):
+    workdir = _copy(finished, tmp_path)
+    os.remove(os.path.join(workdir, "summary.json"))  # rm -r WD/summary.json WD/plots
+    shutil.rmtree(os.path.join(workdir, "plots"))
+    summary = train.launch(["digits_fc_gd.gin"], CONVERGING, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as file:
+        assert [json.loads(line)["step"] for line in file] == list(range(0, 171, 5))
+    assert _without_wall_time(RunDirectory(workdir).read_metrics()) == finished[2]
+    assert summary == finished[1]
+    assert os.path.getsize(os.path.join(workdir, "plots", "convergence.png")) > 1000
+
+
+def test_finished_run_whose_plot_is_missing_draws_it_again(finished, tmp_path):
+    workdir = _copy(finished, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "plots"))
+    summary = train.launch(["digits_fc_gd.gin"], CONVERGING, workdir)
+    assert os.path.getsize(os.path.join(workdir, "plots", "convergence.png")) > 1000
+    assert summary == finished[1] == RunDirectory(workdir).read_summary()
+    assert _without_wall_time(RunDirectory(workdir).read_metrics()) == finished[2]
+
+
+def _lose_line(number):
+    def damage(path):
+        with open(path, encoding="utf-8") as file:
+            lines = file.readlines()
+        with open(path, "w", encoding="utf-8") as file:
+            file.writelines(lines[:number] + lines[number + 1 :])
+
+    return damage
+
+
+def _cut_last_line(path):
+    with open(path, "r+b") as file:
+        file.truncate(os.path.getsize(path) - 40)
+
+
+def _empty(path):
+    open(path, "w").close()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (os.remove, r"metrics.jsonl is missing, but .*checkpoints holds a checkpoint of step 170"),
+        (
+            _empty,
+            r"lacks the rows of steps 0, 5, 10, 15, 20, 25, \.\.\. \(35 steps\), logged "
+            r"before the checkpoint of step 170",
+        ),
+        (_lose_line(2), r"lacks the rows of steps 10, logged before the checkpoint of step 170"),
+        (_cut_last_line, r"lacks the rows of steps 170, logged before the checkpoint of step 170"),
+    ],
+    ids=["deleted", "emptied", "a lost line", "a cut last line"],
+)
+def test_resume_refuses_a_metrics_file_that_lacks_rows_its_checkpoint_covers(
+    damage, message, finished, tmp_path
+):
+    workdir = _copy(finished, tmp_path)
+    os.remove(os.path.join(workdir, "summary.json"))
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    damage(metrics)
+    damaged = open(metrics, "rb").read() if os.path.exists(metrics) else None
+    with pytest.raises(errors.ConfigError, match=message) as refusal:
+        train.launch(["digits_fc_gd.gin"], CONVERGING, workdir)
+    assert "Restore metrics.jsonl from a backup" in str(refusal.value)
+    assert "start the run over: delete" in str(refusal.value)
+    assert (open(metrics, "rb").read() if os.path.exists(metrics) else None) == damaged
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+
+
+def test_history_without_any_checkpoint_is_not_overwritten(finished, tmp_path):
+    workdir = _copy(finished, tmp_path)
+    os.remove(os.path.join(workdir, "summary.json"))
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    before = open(os.path.join(workdir, "metrics.jsonl"), "rb").read()
+    with pytest.raises(
+        errors.ConfigError, match=r"holds rows up to step 170 but .* has no readable checkpoint"
+    ):
+        train.launch(["digits_fc_gd.gin"], CONVERGING, workdir)
+    assert open(os.path.join(workdir, "metrics.jsonl"), "rb").read() == before
+
+
+def test_refused_launch_leaves_config_gin_alone(finished, tmp_path):
+    workdir = _copy(finished, tmp_path)
+    config = open(os.path.join(workdir, "config.gin"), "rb").read()
+    live_owner = {"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}
+    with open(os.path.join(workdir, rundir.LOCK_FILE), "w", encoding="utf-8") as lock:
+        json.dump(live_owner, lock)
+    listing = sorted(os.listdir(workdir))
+    with pytest.raises(errors.RunLockedError, match=rf"in use by process {os.getppid()}"):
+        train.launch(["digits_fc_gd.gin"], CONVERGING + ["fc.build_model.width = 32"], workdir)
+    assert open(os.path.join(workdir, "config.gin"), "rb").read() == config
+    assert sorted(os.listdir(workdir)) == listing
+    os.remove(os.path.join(workdir, rundir.LOCK_FILE))  # that run ended: the original resumes
+    assert train.launch(["digits_fc_gd.gin"], CONVERGING, workdir) == finished[1]
+
+
+@pytest.mark.parametrize(
+    "content, message", [("", r"is empty"), ("garbage{", r"holds 'garbage\{'")]
+)
+def test_damaged_lock_file_names_itself_and_how_to_remove_it(content, message, tmp_path):
+    lock = tmp_path / rundir.LOCK_FILE
+    lock.write_text(content)
+    with pytest.raises(errors.RunLockedError, match=message) as refusal:
+        train.launch(["digits_fc_gd.gin", "smoke.gin"], [], str(tmp_path))
+    assert f"delete it (rm {lock})" in str(refusal.value)
+    assert "None" not in str(refusal.value) and "1970" not in str(refusal.value)
+    assert lock.read_text() == content

@@ -64,6 +64,14 @@ def build_model(
     validation.choice("fc.build_model.parameterization", parameterization, PARAMETERIZATIONS)
     width = validation.integer("fc.build_model.width", width, 1)
     depth = validation.integer("fc.build_model.depth", depth, 0)
+    seed = validation.integer("fc.build_model.seed", seed, 0)
+    weight_std = validation.number("fc.build_model.weight_std", weight_std, 0.0, strict=True)
+    readout_weight_std = validation.number(
+        "fc.build_model.readout_weight_std", readout_weight_std, 0.0, strict=True
+    )
+    bias_std = validation.number("fc.build_model.bias_std", bias_std, 0.0, example=0.1)
+    if parameterization == "standard":
+        validation.keras_initializer("fc.build_model.kernel_initializer", kernel_initializer)
     try:
         keras.activations.get(activation)
     except ValueError as error:

@@ -161,6 +161,23 @@ def build_model(
         activation,
         kernel_size,
     )
+    prefix = "resnet.build_model"
+    validation.boolean(f"{prefix}.batch_norm", batch_norm)
+    momentum = validation.number(f"{prefix}.batch_norm_momentum", batch_norm_momentum, 0.0)
+    if momentum >= 1.0:
+        raise ValueError(
+            f"{prefix}.batch_norm_momentum = {batch_norm_momentum!r}; expected a number in "
+            f"[0, 1) (1 would never update the moving statistics). Fix the binding, e.g. "
+            f"{prefix}.batch_norm_momentum = 0.9."
+        )
+    weight_std = validation.number(f"{prefix}.weight_std", weight_std, 0.0, strict=True)
+    readout_weight_std = validation.number(
+        f"{prefix}.readout_weight_std", readout_weight_std, 0.0, strict=True
+    )
+    bias_std = validation.number(f"{prefix}.bias_std", bias_std, 0.0, example=0.1)
+    seed = validation.integer(f"{prefix}.seed", seed, 0)
+    if parameterization == "standard":
+        validation.keras_initializer(f"{prefix}.kernel_initializer", kernel_initializer)
     layer_index = [0]
 
     def next_seed():
