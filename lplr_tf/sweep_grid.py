@@ -18,13 +18,13 @@ or by a longer dotted suffix when two keys share it; values made filesystem-safe
 """
 
 import ast
-import contextlib
 import dataclasses
 import inspect
 import itertools
-import logging
 import os
 import re
+
+from lplr_tf import gin_config
 
 GRID_FORM = "configurable.parameter=[v1,v2,...]"
 _KEY = re.compile(r"^[A-Za-z_][\w/]*(\.[A-Za-z_]\w*)+$")
@@ -187,35 +187,15 @@ class Run:
 # Gin: which parameters take the seed, and how many steps a run plans.
 
 
-def _drops_search_path_error(record):
-    # gin logs "Path not found: base.gin" on the root logger for every `include` it then
-    # finds on the search path; the include is not missing, so the line only misleads.
-    return not (
-        record.pathname.replace(os.sep, "/").endswith("gin/resource_reader.py")
-        and record.getMessage().startswith("Path not found")
-    )
-
-
-@contextlib.contextmanager
-def quiet_gin_search():
-    """Drops gin's spurious 'Path not found' errors for includes found on the search path."""
-    root = logging.getLogger()
-    root.addFilter(_drops_search_path_error)
-    try:
-        yield
-    finally:
-        root.removeFilter(_drops_search_path_error)
-
-
 def _parse_unfinalized(gin_files, gin_bindings):
     import gin
 
-    from lplr_tf import experiment, train  # noqa: F401  (registers every configurable)
+    from lplr_tf import experiment  # noqa: F401  (registers every configurable)
 
     gin.clear_config()
-    gin.add_config_file_search_path(train.shipped_configs_dir())
-    paths = [train.resolve_config_file(name) for name in gin_files]
-    with quiet_gin_search():
+    gin.add_config_file_search_path(gin_config.shipped_configs_dir())
+    paths = [gin_config.resolve_config_file(name) for name in gin_files]
+    with gin_config.quiet_gin_search():
         gin.parse_config_files_and_bindings(paths, gin_bindings, finalize_config=False)
 
 

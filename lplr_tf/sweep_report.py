@@ -242,38 +242,36 @@ def plot_sweep(workdir, runs, keys, labels):
 
 
 def write_hparams(workdir, runs, keys, labels):
-    """TensorBoard HParams: the config at the sweep root, one session per run in its tb/."""
+    """TensorBoard HParams: the columns at the sweep root, each run's metrics in its tb/.
+
+    Every launcher run writes its own HParams (its operative config, under the full gin names
+    it was bound with) when it starts, and TensorBoard keeps the first HParams of a run: the
+    sweep names its columns by those gin names (the grid keys and `numerics.seed`) and adds
+    the summary metrics as scalars.
+    """
+    del labels  # the columns carry the gin names the runs' own HParams use
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
     hparams = []
-    for key, label in zip(keys, labels):
+    for key in keys:
         values = [python_value(v) for v in key.values]
         if (
             not all(isinstance(v, (bool, int, float, str)) for v in values)
             or len({type(v) for v in values}) > 1
         ):
             values = [str(v) for v in values]
-        hparams.append(hp.HParam(label, hp.Discrete(values)))
-    seeds = sorted({run.seed for run in runs})
-    hparams.append(hp.HParam("seed", hp.Discrete(seeds)))
+        hparams.append(hp.HParam(key.name, hp.Discrete(values)))
+    hparams.append(hp.HParam("numerics.seed", hp.Discrete(sorted({run.seed for run in runs}))))
     metrics = [hp.Metric(f"sweep/{c}", display_name=c) for c in HPARAMS_METRICS]
     with tf.summary.create_file_writer(workdir).as_default():
         hp.hparams_config(hparams=hparams, metrics=metrics)
-    by_label = {h.name: h for h in hparams}
     for run in runs:
         if run.summary is None:
             continue
-        values = {}
-        for label, text in run.label_settings.items():
-            value = python_value(text)
-            domain = by_label[label].domain.values
-            values[by_label[label]] = value if value in domain else str(value)
-        values[by_label["seed"]] = run.seed
         steps = tables.summary_value(run.summary, "steps")
         writer = tf.summary.create_file_writer(RunDirectory(run.workdir).tensorboard)
         with writer.as_default(step=steps if isinstance(steps, int) else 0):
-            hp.hparams(values, trial_id=run.name)
             for column in HPARAMS_METRICS:
                 value = tables.summary_value(run.summary, column)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -16,8 +16,8 @@ import os
 import sys
 
 from lplr_tf import analysis, errors
+from lplr_tf.gin_config import quiet_gin_search
 from lplr_tf.rundir import RunDirectory
-from lplr_tf.sweep_grid import quiet_gin_search
 
 TRAIN_LOG = "train.log"  # a subprocess's or a Ray trial's output, in its run directory
 _EXIT_MEANINGS = {

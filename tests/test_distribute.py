@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from lplr_tf import distribute, errors, rendezvous, train
+from lplr_tf import distribute, errors, gin_config, rendezvous, train
 from lplr_tf.rundir import RunDirectory
 
 BINDINGS = [
@@ -220,7 +220,9 @@ def test_tpu_settings_fail_clearly():
 
 def test_unknown_strategy_and_missing_tf_config_are_named(monkeypatch):
     with pytest.raises(errors.ConfigError, match="distribute.mirorred"):
-        train.parse_config(["digits_fc_gd.gin"], ["experiment.run.strategy = @distribute.mirorred"])
+        gin_config.parse_config(
+            ["digits_fc_gd.gin"], ["experiment.run.strategy = @distribute.mirorred"]
+        )
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
         distribute.multi_worker()

@@ -3,13 +3,13 @@
 import os
 import re
 
-from lplr_tf import train
+from lplr_tf import gin_config, train
 
 NAME = "digits_fc_edge_of_stability.gin"
 
 
 def test_header_states_command_what_and_runtime():
-    path = os.path.join(train.shipped_configs_dir(), NAME)
+    path = os.path.join(gin_config.shipped_configs_dir(), NAME)
     header = "\n".join(
         line for line in open(path, encoding="utf-8").read().splitlines() if line.startswith("#")
     )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lplr_tf import errors, train
+from lplr_tf import errors, gin_config, train
 from lplr_tf.console import ProgressReporter
 
 METRIC_KEYS = {"step", "loss", "grad_norm_sq", "pl_ratio", "drift", "relative_drift", "wall_time"}
@@ -24,7 +24,7 @@ SUMMARY_KEYS = {
 }
 CONFIGS = sorted(
     name
-    for name in os.listdir(train.shipped_configs_dir())
+    for name in os.listdir(gin_config.shipped_configs_dir())
     if name.endswith(".gin") and name not in ("base.gin", "smoke.gin")
 )
 
@@ -62,7 +62,7 @@ def test_smoke_run_writes_every_file(tmp_path):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_every_config_parses_and_builds(config, tmp_path, monkeypatch):
-    text = open(train.resolve_config_file(config), encoding="utf-8").read()
+    text = open(gin_config.resolve_config_file(config), encoding="utf-8").read()
     if "@data.cifar10" in text:
         from tfds_fakes import mock_prepared
 
@@ -74,11 +74,11 @@ def test_every_config_parses_and_builds(config, tmp_path, monkeypatch):
 
 
 def test_config_found_by_path_and_by_name(tmp_path):
-    by_name = train.resolve_config_file("digits_fc_gd.gin")
+    by_name = gin_config.resolve_config_file("digits_fc_gd.gin")
     assert os.path.isfile(by_name)
     local = tmp_path / "mine.gin"
     local.write_text("include 'digits_fc_gd.gin'\n")
-    assert train.resolve_config_file(str(local)) == str(local)
+    assert gin_config.resolve_config_file(str(local)) == str(local)
 
 
 @pytest.mark.parametrize(

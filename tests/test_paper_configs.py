@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from lplr_tf import sweep, train
+from lplr_tf import gin_config, sweep, train
 from lplr_tf.rundir import RunDirectory
 
 PROBE_KEYS = {
@@ -62,7 +62,7 @@ def test_cifar10_resnet_sgd_smoke_on_mock_data(tmp_path):
 
 
 def _header(name):
-    path = os.path.join(train.shipped_configs_dir(), name)
+    path = os.path.join(gin_config.shipped_configs_dir(), name)
     lines = open(path, encoding="utf-8").read().splitlines()
     return "\n".join(line for line in lines if line.startswith("#"))
 

@@ -88,7 +88,7 @@ def test_grid_with_two_seeds_tables_statistics_and_skipping(tmp_path):
     assert "Student t with n − 1 degrees of freedom" in markdown
     for name in ("sweep.png", "loss_curves.png"):
         assert os.path.getsize(os.path.join(workdir, "plots", name)) > 0
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))  # HParams
+    _assert_hparams_columns_match_the_runs(workdir, result.runs)
 
     summaries = [os.path.join(r.workdir, "summary.json") for r in result.runs]
     before = {path: os.stat(path).st_mtime_ns for path in summaries}
@@ -262,3 +262,26 @@ def test_seed_goes_to_numerics_model_and_protocol_and_steps_are_planned():
     assert seeds == ["numerics.seed", "fc.build_model.seed"] and steps == 12
     _, steps = sweep_grid.inspect_config(["digits_fc_gd.gin"], ["protocol.gd.num_steps = 77"])
     assert steps == 77
+
+
+def _assert_hparams_columns_match_the_runs(workdir, runs):
+    """The sweep's HParams columns are gin names that every run's own HParams carry."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    def hparams_content(directory, tag):
+        events = event_accumulator.EventAccumulator(directory, size_guidance={"tensors": 0})
+        events.Reload()
+        content = events.PluginTagToContent("hparams")[tag]
+        return plugin_data_pb2.HParamsPluginData.FromString(content)
+
+    config = hparams_content(workdir, "_hparams_/experiment").experiment
+    columns = [h.name for h in config.hparam_infos]
+    assert columns == ["fc.build_model.width", "protocol.gd.learning_rate", "numerics.seed"]
+    for run in runs:
+        start = hparams_content(os.path.join(run.workdir, "tb"), "_hparams_/session_start_info")
+        values = start.session_start_info.hparams
+        assert values["fc.build_model.width"].number_value == float(
+            run.settings["fc.build_model.width"]
+        )
+        assert values["numerics.seed"].number_value == run.seed
