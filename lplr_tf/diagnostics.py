@@ -34,11 +34,15 @@ class ProbeSettings:
       ntk_output_mode: "full" (the nO × nO kernel the PL theory needs) or "trace" (n × n,
         averaged over outputs; not the theory's kernel when O > 1).
       measure_sharpness: λ_max of the loss Hessian.
+      a_priori_check: Full-batch GD with the NTK measured: sample the ball B(θ₀, R₀) of the
+        a-priori theorem at initialization, before the first step (`a_priori.check`; it
+        costs about two probes).
     """
 
     measure_ntk: bool = True
     ntk_output_mode: str = "full"
     measure_sharpness: bool = True
+    a_priori_check: bool = True
 
     def __post_init__(self):
         validation.boolean("diagnostics.ProbeSettings.measure_ntk", self.measure_ntk)
@@ -46,6 +50,7 @@ class ProbeSettings:
             "diagnostics.ProbeSettings.ntk_output_mode", self.ntk_output_mode, OUTPUT_MODES
         )
         validation.boolean("diagnostics.ProbeSettings.measure_sharpness", self.measure_sharpness)
+        validation.boolean("diagnostics.ProbeSettings.a_priori_check", self.a_priori_check)
 
 
 def flatten_variables(variables):

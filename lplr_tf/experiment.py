@@ -24,7 +24,17 @@ import tensorflow as tf
 from absl import logging
 
 # Importing these modules registers their gin configurables.
-from lplr_tf import analysis, configurables, data, distribute, models, plots, preflight, validation  # noqa: F401
+from lplr_tf import (  # noqa: F401
+    analysis,
+    configurables,
+    data,
+    distribute,
+    initialization,
+    models,
+    plots,
+    preflight,
+    validation,
+)
 from lplr_tf import protocol as protocol_module  # noqa: F401
 from lplr_tf.checkpointing import RunCheckpoint, RunLock, rows_to_resume
 from lplr_tf.console import ProgressReporter
@@ -118,6 +128,7 @@ def run(
         history = rows_to_resume(run_dir, start_step, plan.schedule())
         if start_step is None:
             preflight.check_initial_loss(parts.diagnostics, analysis_settings)
+            run_dir.write_facts(parts.facts)
         else:
             parts.diagnostics.restore_reference(run_dir.load_reference())
         operative_config = gin.operative_config_str()
@@ -125,13 +136,13 @@ def run(
         writer = MetricWriter.for_run(run_dir, history)
         writer.write_text(OPERATIVE_CONFIG_TAG, operative_config)
         writer.write_hparams(gin_hparams(operative_config), trial_id=run_dir.name)
-        recorder = Recorder(parts.diagnostics, plan.schedule(), writer, history)
+        recorder = Recorder(parts.diagnostics, parts.plan.schedule(), writer, history)
         try:
             _train(
                 parts,
                 recorder,
                 checkpoint,
-                plan,
+                parts.plan,
                 analysis_settings,
                 stop_on_convergence,
                 checkpoint_every,
@@ -144,9 +155,10 @@ def run(
         return _finish(
             run_dir,
             recorder.history,
-            plan,
+            parts.plan,
             analysis_settings,
-            title=f"{parts.network.name} on {training_set.name}, {plan.name}",
+            parts.facts,
+            title=f"{parts.network.name} on {training_set.name}, {parts.plan.name}",
         )
 
 
@@ -187,6 +199,8 @@ class _Parts:
     trainer: object
     diagnostics: Diagnostics
     batches: object
+    plan: object  # the protocol, with the step size measured at initialization if asked
+    facts: dict  # what initialization.facts recorded (run.json)
 
 
 def _build(
@@ -196,6 +210,9 @@ def _build(
     network = preflight.make_model(model, training_set)
     x_probe, y_probe = _probe_subset(training_set, plan)
     calibrate_batch_norm(network, tf.constant(x_probe))  # a restored checkpoint overrides
+    plan, facts = _initial_facts(
+        run_dir, plan, probe_settings, network, training_set, x_probe.shape[0]
+    )
     trainer = build_trainer(
         network, plan.learning_rate, numerics.jit_compile, plan.learning_rate_schedule
     )
@@ -224,7 +241,22 @@ def _build(
         plan,
         strategy.num_replicas_in_sync,
     )
-    return _Parts(network, trainer, diagnostics, batches)
+    return _Parts(network, trainer, diagnostics, batches, plan, facts)
+
+
+def _initial_facts(run_dir, plan, probe_settings, network, training_set, probe_size):
+    """η from β₀ and the a-priori check at θ₀: measured, or read back (run.json) on resume."""
+    facts = run_dir.read_facts() if run_dir.has_checkpoints() else None
+    if facts is None:
+        x, y = tf.constant(training_set.x), tf.constant(training_set.y)
+        plan, calibration = initialization.calibrated_protocol(plan, network, x, y)
+        check = initialization.a_priori_check(plan, probe_settings, network, x, y)
+        facts = initialization.facts(
+            plan, probe_settings, training_set, int(probe_size), calibration, check
+        )
+    elif plan.learning_rate_times_sharpness is not None:
+        plan = dataclasses.replace(plan, learning_rate=facts["learning_rate"])
+    return plan, facts
 
 
 def _train(
@@ -294,10 +326,14 @@ def _train(
             raise
 
 
-def _finish(run_dir, rows, plan, settings, title):
+def _finish(run_dir, rows, plan, settings, facts, title):
     """Writes the convergence plot, then summary.json (last: a final summary means done)."""
     summary = analysis.summarize(
-        rows, learning_rate=plan.learning_rate, settings=settings, num_steps=plan.num_steps
+        rows,
+        learning_rate=plan.learning_rate,
+        settings=settings,
+        num_steps=plan.num_steps,
+        run=facts,
     )
     path = run_dir.convergence_plot
     root, extension = os.path.splitext(path)

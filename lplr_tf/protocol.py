@@ -28,6 +28,9 @@ class Protocol:
       probe_every: Steps between NTK / sharpness probes; a multiple of log_every.
       probe_size: SGD only: size of the fixed seeded probe subset on which gradients, the
         PL ratio and the NTK are measured (the loss is always measured on the full set).
+      learning_rate_times_sharpness: c, when the step size is set from the sharpness at
+        initialization: η = c / β₀ (c = 1 is the theorem's η = 1/β; c in (0, 2)). The
+        experiment measures β₀ before the first step and replaces `learning_rate`.
       learning_rate_schedule: SGD only: an optional
         `keras.optimizers.schedules.LearningRateSchedule` replacing the constant step size
         (the analysis' GD bound then uses `learning_rate`, the initial step).
@@ -41,6 +44,7 @@ class Protocol:
     log_every: int
     probe_every: int
     probe_size: int | None = None
+    learning_rate_times_sharpness: float | None = None
     learning_rate_schedule: Any = None
 
     def __post_init__(self):
@@ -71,10 +75,17 @@ class Protocol:
 
 
 @gin.configurable(module="protocol")
-def gd(learning_rate=0.5, num_steps=1000, log_every=10, probe_every=None):
+def gd(
+    learning_rate=0.5,
+    num_steps=1000,
+    log_every=10,
+    probe_every=None,
+    learning_rate_times_sharpness=None,
+):
     """Full-batch gradient descent, the setting of the LPLR theorems.
 
-    `probe_every` defaults to `log_every`.
+    `probe_every` defaults to `log_every`. `learning_rate_times_sharpness = c` sets the step
+    size from the sharpness β₀ at initialization, η = c / β₀, instead of `learning_rate`.
     """
     return Protocol(
         name="gd",
@@ -84,6 +95,7 @@ def gd(learning_rate=0.5, num_steps=1000, log_every=10, probe_every=None):
         seed=0,
         log_every=validation.integer("protocol.gd.log_every", log_every, 1),
         probe_every=validation.integer("protocol.gd.probe_every", probe_every or log_every, 1),
+        learning_rate_times_sharpness=_sharpness_factor("gd", learning_rate_times_sharpness),
     )
 
 
@@ -97,6 +109,7 @@ def sgd(
     probe_every=None,
     probe_size=256,
     learning_rate_schedule=None,
+    learning_rate_times_sharpness=None,
 ):
     """Mini-batch SGD with seeded reshuffling every epoch.
 
@@ -105,6 +118,8 @@ def sgd(
     `protocol.sgd.learning_rate_schedule = @keras.schedules.CosineDecay()` with
     `keras.schedules.CosineDecay.initial_learning_rate = 0.1` and `.decay_steps = 2000`,
     replaces the constant step (configurables.py lists the registered schedules).
+    `learning_rate_times_sharpness = c` sets the constant step from the sharpness of the full
+    training set's loss at initialization, η = c / β₀.
     """
     return Protocol(
         name="sgd",
@@ -117,5 +132,21 @@ def sgd(
         probe_size=None
         if probe_size is None
         else validation.integer("protocol.sgd.probe_size", probe_size, 1),
+        learning_rate_times_sharpness=_sharpness_factor("sgd", learning_rate_times_sharpness),
         learning_rate_schedule=learning_rate_schedule,
     )
+
+
+def _sharpness_factor(name, factor):
+    """c of η = c/β₀, checked to lie in (0, 2) (2/β is the edge of stability), or None."""
+    if factor is None:
+        return None
+    setting = f"protocol.{name}.learning_rate_times_sharpness"
+    factor = validation.number(setting, factor, 0.0, strict=True, example=1.0)
+    if factor >= 2.0:
+        raise ValueError(
+            f"{setting} = {factor!r}; expected c in (0, 2): η = c/β₀ with c ≥ 2 is past the "
+            f"edge of stability 2/β₀. Use e.g. {setting} = 1.0 (the theorem's η = 1/β), or "
+            f"give protocol.{name}.learning_rate directly."
+        )
+    return factor

@@ -96,7 +96,7 @@ def stored_settings(run_dir, *, learning_rate=None, l_star=None):
 
     Returns:
       A dict with learning_rate, num_steps, settings (an `analysis.Settings`) and run (the
-      facts about the run the summary recorded).
+      facts about the run: run.json, else the copy in summary.json).
 
     Raises:
       ConfigError: no learning rate from either source, or a stored setting of the wrong
@@ -127,7 +127,8 @@ def stored_settings(run_dir, *, learning_rate=None, l_star=None):
                 f"{run_dir.summary}: settings.{key} = {stored[key]!r}; expected {expected}. "
                 f"Repair that value ({flag}delete summary.json and pass --learning_rate)."
             )
-    run = (previous or {}).get("run")
+    # run.json is where the launcher records the run's facts; a summary carries a copy.
+    run = run_dir.read_facts() or (previous or {}).get("run")
     if run is not None and not isinstance(run, dict):
         raise ConfigError(
             f"{run_dir.summary}: run = {run!r}; expected a JSON object of facts about the run "

@@ -9,6 +9,8 @@
       tb/                    TensorBoard events
       checkpoints/           for resume after a crash or preemption
       reference.npz          K₀ and r₀ of the first NTK probe, stored once (for resume)
+      run.json               facts measured before the first step (η from β₀, the a-priori
+                             check, the data), stored once and reported in the summary
       run.lock               present while a process runs on this workdir
       workers/<task>/        the run directory of a non-chief worker of a cluster
 
@@ -33,6 +35,7 @@ CONVERGENCE_PLOT = "convergence.png"
 TENSORBOARD_DIR = "tb"
 CHECKPOINTS_DIR = "checkpoints"
 REFERENCE_FILE = "reference.npz"
+FACTS_FILE = "run.json"
 LOCK_FILE = "run.lock"
 WORKERS_DIR = "workers"
 
@@ -98,6 +101,10 @@ class RunDirectory:
     @property
     def reference(self):
         return self._join(REFERENCE_FILE)
+
+    @property
+    def facts(self):
+        return self._join(FACTS_FILE)
 
     @property
     def lock(self):
@@ -218,6 +225,23 @@ class RunDirectory:
         text = json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False)
         write_atomically(self.summary, text + "\n")
         return self.summary
+
+    # run.json -----------------------------------------------------------------------------
+
+    def read_facts(self):
+        """The dict in run.json, or None when there is none or it does not read back whole."""
+        if not os.path.isfile(self.facts):
+            return None
+        try:
+            with open(self.facts, encoding="utf-8") as stream:
+                facts = json.load(stream)
+        except (OSError, json.JSONDecodeError):
+            return None
+        return facts if isinstance(facts, dict) else None
+
+    def write_facts(self, facts):
+        text = json.dumps(json_safe(facts), indent=2, sort_keys=True, allow_nan=False)
+        write_atomically(self.facts, text + "\n")
 
     # reference.npz ------------------------------------------------------------------------
 

@@ -132,7 +132,7 @@ def test_callback_matches_launcher_gd(tmp_path, loss):
     comparable = {k: v for k, v in launcher_summary.items() if k not in differs}
     _assert_close(summary, comparable, rtol=1e-3)
     for fact in ("protocol", "ntk_output_mode", "num_outputs", "probe_size"):
-        assert summary["run"][fact] == (launcher_summary["run"] or summary["run"])[fact], fact
+        assert summary["run"][fact] == launcher_summary["run"][fact], fact
     assert summary["status"] == launcher_summary["status"] == "max_steps"
     assert summary["fit"]["rate"] is not None and summary["bound"]["mu"] > 0
 
@@ -268,6 +268,14 @@ print("RESULT" + json.dumps(result))
 """
 
 
+def _rtol(key, row):
+    """λ_min of a float32 kernel, hence λ_max/λ_min, carries a relative error of ~ε32·κ(K):
+    the summation order of the replicas' row blocks moves it by that much (κ ~ 1e4 here)."""
+    if key in ("ntk_lambda_min", "ntk_condition") and row.get("ntk_condition"):
+        return 1e-4 + 10 * np.finfo(np.float32).eps * row["ntk_condition"]
+    return 1e-4
+
+
 def test_callback_under_mirrored_strategy_matches_single_device():
     import subprocess
     import sys
@@ -297,7 +305,7 @@ def test_callback_under_mirrored_strategy_matches_single_device():
                     np.testing.assert_allclose(
                         ours[key],
                         expected,
-                        rtol=1e-4,
+                        rtol=_rtol(key, theirs),
                         atol=1e-6,
                         err_msg=f"{name} step {theirs['step']} {key}",
                     )
