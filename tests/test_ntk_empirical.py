@@ -278,15 +278,26 @@ def test_mismatched_shapes_raise_naming_the_shapes(cases):
         empirical_ntk(model, np.zeros((0, 4), np.float32))
 
 
-def test_cache_does_not_keep_the_model_alive():
+def test_one_cache_for_engine_matfree_and_hessian_does_not_keep_the_model_alive():
     import gc
     import weakref
 
-    from lplr_tf.ntk import empirical
+    from lplr_tf import hessian
+    from lplr_tf.ntk import cache, ntk_vector_product
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    empirical_ntk(model, np.ones((2, 3), np.float32))
-    assert model in empirical._ENGINES
+    x, y = np.ones((2, 3), np.float32), np.zeros((2, 2), np.float32)
+    empirical_ntk(model, x)
+    ntk_vector_product(model, x, np.ones(4, np.float32))
+    hessian.hessian_vector_product(model, x, y, np.ones(8))
+    hessian.measure_sharpness(model, x, y, max_iterations=3)
+    namespaces = sorted({key[:2] for key in cache.cached_entries(model)})
+    assert namespaces == [
+        ("engine", "auto"),
+        ("hessian", "product"),
+        ("hessian", "sharpness"),
+        ("matfree", False),
+    ]
     ref = weakref.ref(model)
     del model
     gc.collect()

@@ -1,16 +1,70 @@
-"""Lanczos iteration for the extreme eigenvalues of a symmetric operator given as a matvec.
+"""Lanczos iteration for extreme eigenvalues of a symmetric operator given as a matvec.
 
-Used for matrix-free spectra: the NTK through NTK-vector products and the loss Hessian
-through Hessian-vector products. The Krylov basis is kept in float64 and fully
-re-orthogonalized, which is affordable because the number of iterations is small (tens),
-and makes the Ritz values reliable without restarts.
+Used for the NTK (matrix-vector products with K, K − K₀, and (K − σI)⁻¹ through a Cholesky
+factor) and for the loss Hessian (Hessian-vector products). The Krylov basis is fully
+re-orthogonalized (twice, classical Gram–Schmidt), which is affordable because the number
+of iterations is small (tens) and makes the Ritz values reliable without restarts.
+
+Three implementations of the same iteration:
+
+* `lanczos_extreme_eigenvalues`: a fixed number of iterations on the host (NumPy), the
+  reference that tests compare against.
+* `lanczos`: the host iteration with a convergence test, one matvec per Python-level step
+  (interruptible between steps through `should_stop`).
+* `lanczos_graph`: the same iteration as a `tf.while_loop`, to be traced inside a
+  `tf.function` (XLA-compilable: static shapes, the Krylov basis preallocated), so that the
+  whole solve runs on the device with one host round trip.
+
+Convergence test (both must hold, checked after every iteration k ≥ 2): the selected Ritz
+value θ changed by at most `tolerance`·|θ| since the previous iteration, and its error
+estimate min(r, r²/gap) is at most `tolerance`·|θ|, where r = β_k |s_k| is the Ritz pair's
+residual norm (an eigenvalue lies within r of θ) and gap the distance to the next Ritz value
+(for an isolated eigenvalue the Ritz value's error is at most about r²/gap). The iteration
+also stops when the next Krylov vector vanishes (an invariant subspace: the Ritz values are
+exact).
 """
 
+import dataclasses
+
 import numpy as np
+import tensorflow as tf
+
+from lplr_tf.ntk import interrupt
+
+WHICH = ("largest", "smallest", "largest_magnitude")
+# A Krylov vector this much smaller than the operator's scale means an invariant subspace.
+_BREAKDOWN = 1e-13
+
+
+@dataclasses.dataclass(frozen=True)
+class LanczosResult:
+    """The outcome of one Lanczos solve.
+
+    Attributes:
+      value: The selected extreme Ritz value (largest, smallest or largest in magnitude).
+      ritz_min, ritz_max: The extreme Ritz values (ritz_min >= λ_min, ritz_max <= λ_max).
+      iterations: Matrix-vector products used.
+      converged: Whether the convergence test passed (else max_iterations was reached).
+      error_estimate: min(r, r²/gap) for `value` (absolute).
+      vector: The unit Ritz vector of `value`, float64 (d,), when requested, else None.
+    """
+
+    value: float
+    ritz_min: float
+    ritz_max: float
+    iterations: int
+    converged: bool
+    error_estimate: float
+    vector: np.ndarray | None = None
+
+
+def check_which(which, caller):
+    if which not in WHICH:
+        raise ValueError(f"{caller}: which={which!r}; expected one of {WHICH}.")
 
 
 def lanczos_extreme_eigenvalues(matvec, dim, *, num_iterations=30, seed=0, tolerance=1e-10):
-    """Estimates the smallest and largest eigenvalue of a symmetric linear operator.
+    """Smallest and largest Ritz value after a fixed number of Lanczos iterations (reference).
 
     Args:
       matvec: Callable mapping a float64 array of shape (dim,) to A @ v, shape (dim,).
@@ -23,8 +77,7 @@ def lanczos_extreme_eigenvalues(matvec, dim, *, num_iterations=30, seed=0, toler
         subspace was found).
 
     Returns:
-      (ritz_min, ritz_max): floats. ritz_max <= lambda_max and ritz_min >= lambda_min; both
-      converge quickly for well-separated extreme eigenvalues.
+      (ritz_min, ritz_max): floats. ritz_max <= lambda_max and ritz_min >= lambda_min.
     """
     if dim < 1:
         raise ValueError(f"lanczos: dim={dim}; expected a positive operator dimension.")
@@ -36,9 +89,7 @@ def lanczos_extreme_eigenvalues(matvec, dim, *, num_iterations=30, seed=0, toler
     alphas, betas = [], []
     for k in range(steps):
         w = np.asarray(matvec(basis[k]), dtype=np.float64).reshape(dim)
-        alpha = float(basis[k] @ w)
-        alphas.append(alpha)
-        # Full re-orthogonalization against the whole basis (twice is enough).
+        alphas.append(float(basis[k] @ w))
         for _ in range(2):
             w = w - basis[: k + 1].T @ (basis[: k + 1] @ w)
         beta = float(np.linalg.norm(w))
@@ -46,9 +97,199 @@ def lanczos_extreme_eigenvalues(matvec, dim, *, num_iterations=30, seed=0, toler
             break
         betas.append(beta)
         basis[k + 1] = w / beta
-    tridiagonal = np.diag(alphas)
-    if betas:
-        off = np.asarray(betas[: len(alphas) - 1])
-        tridiagonal += np.diag(off, 1) + np.diag(off, -1)
-    ritz = np.linalg.eigvalsh(tridiagonal)
+    ritz = np.linalg.eigvalsh(_tridiagonal(alphas, betas[: len(alphas) - 1]))
     return float(ritz[0]), float(ritz[-1])
+
+
+def _tridiagonal(alphas, betas):
+    matrix = np.diag(np.asarray(alphas, dtype=np.float64))
+    if len(betas):
+        off = np.asarray(betas, dtype=np.float64)
+        matrix += np.diag(off, 1) + np.diag(off, -1)
+    return matrix
+
+
+def _select(values, which):
+    """Index into ascending `values` of the selected end, and of its inner neighbour."""
+    top = which == "largest" or (which == "largest_magnitude" and values[-1] >= -values[0])
+    if top:
+        return len(values) - 1, len(values) - 2
+    return 0, 1
+
+
+def lanczos(
+    matvec,
+    start,
+    *,
+    which="largest",
+    tolerance=1e-8,
+    max_iterations=100,
+    should_stop=None,
+    stage="lanczos",
+    return_vector=False,
+):
+    """Host Lanczos with a convergence test on the selected extreme Ritz value.
+
+    Args:
+      matvec: Callable, float64 (d,) → A v as float64 (d,) (array-like accepted).
+      start: Start vector (d,), nonzero (e.g. the previous solve's Ritz vector).
+      which: "largest", "smallest" or "largest_magnitude" (max |λ|, for an operator norm).
+      tolerance: Relative tolerance of the convergence test (module docstring).
+      max_iterations: Cap on matrix-vector products (also capped at d).
+      should_stop: Optional callable polled before every product (`interrupt`).
+      stage: Name of this solve in a ProbeInterrupted message.
+      return_vector: Also return the Ritz vector of the selected value.
+
+    Returns:
+      LanczosResult.
+    """
+    check_which(which, "lanczos")
+    start = np.asarray(start, dtype=np.float64).reshape(-1)
+    dim = start.shape[0]
+    norm = float(np.linalg.norm(start))
+    if dim < 1 or not norm > 0 or not np.isfinite(norm):
+        raise ValueError(
+            f"lanczos: start vector of shape {start.shape} and norm {norm}; expected a "
+            "nonzero finite vector."
+        )
+    steps = int(min(max_iterations, dim))
+    basis = np.zeros((steps + 1, dim))
+    basis[0] = start / norm
+    alphas, betas = [], []
+    previous, converged = None, False
+    for k in range(steps):
+        interrupt.check(should_stop, stage)
+        w = np.asarray(matvec(basis[k]), dtype=np.float64).reshape(dim)
+        alphas.append(float(basis[k] @ w))
+        for _ in range(2):
+            w -= basis[: k + 1].T @ (basis[: k + 1] @ w)
+        beta = float(np.linalg.norm(w))
+        values, vectors = np.linalg.eigh(_tridiagonal(alphas, betas))
+        index, neighbour = _select(values, which)
+        value = float(values[index])
+        scale = max(abs(values[0]), abs(values[-1]))
+        residual = beta * abs(vectors[-1, index])
+        estimate = residual
+        if k > 0:
+            estimate = min(residual, residual**2 / max(abs(value - values[neighbour]), 1e-300))
+        breakdown = beta <= _BREAKDOWN * max(scale, 1e-300)
+        if breakdown or (
+            previous is not None
+            and abs(value - previous) <= tolerance * abs(value)
+            and estimate <= tolerance * abs(value)
+        ):
+            converged = True
+            break
+        previous = value
+        if k < steps - 1:
+            betas.append(beta)
+            basis[k + 1] = w / beta
+    iterations = len(alphas)
+    vector = None
+    if return_vector:
+        vector = basis[:iterations].T @ vectors[:, index]
+    return LanczosResult(
+        value=value,
+        ritz_min=float(values[0]),
+        ritz_max=float(values[-1]),
+        iterations=iterations,
+        converged=converged or iterations == dim,
+        error_estimate=0.0 if converged and breakdown else float(estimate),
+        vector=vector,
+    )
+
+
+def lanczos_graph(matvec, start, *, which, tolerance, max_iterations):
+    """The Lanczos iteration as a tf.while_loop; call inside a tf.function.
+
+    Shapes are static (XLA-compilable): the basis is a preallocated (m + 1, d) tensor and
+    the tridiagonal matrix is m × m, its unused diagonal padded with α₀ (a Rayleigh quotient
+    of every T_k, so the padding lies inside [ritz_min, ritz_max] and never becomes an
+    extreme) and its unused off-diagonal with zeros.
+
+    Args:
+      matvec: Traceable callable, (d,) tensor → (d,) tensor of start's dtype.
+      start: (d,) nonzero tensor, float64 (float32 where the device has no float64).
+      which: "largest", "smallest" or "largest_magnitude" (Python string, static).
+      tolerance: Scalar tensor or float, relative tolerance of the convergence test.
+      max_iterations: Python int m >= 1 (static; capped at d when d is static).
+
+    Returns:
+      Dict of tensors: value, ritz_min, ritz_max, error_estimate (start's dtype),
+      iterations (int32), converged (bool), vector ((d,), unit Ritz vector of value).
+    """
+    check_which(which, "lanczos_graph")
+    dtype = start.dtype
+    dim = start.shape[0]
+    m = int(max_iterations if dim is None else min(max_iterations, dim))
+    tolerance = tf.cast(tolerance, dtype)
+    index = tf.range(m)
+    basis0 = tf.concat(
+        [(start / tf.norm(start))[None], tf.zeros((m, tf.shape(start)[0]), dtype)], 0
+    )
+    zeros = tf.zeros((m,), dtype)
+    nothing = tf.constant(0.0, dtype)
+    tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
+
+    def ritz(alphas, betas, k):
+        diagonal = tf.where(index <= k, alphas, alphas[0])
+        off = tf.where(index < k, betas, tf.zeros_like(betas))[: m - 1]
+        tridiagonal = tf.linalg.diag(diagonal)
+        if m > 1:
+            tridiagonal += tf.linalg.diag(off, k=1) + tf.linalg.diag(off, k=-1)
+        return tf.linalg.eigh(tridiagonal)
+
+    def body(k, basis, alphas, betas, previous, done, estimate):
+        q = basis[k]
+        w = matvec(q)
+        alpha = tf.tensordot(q, w, 1)
+        for _ in range(2):
+            w -= tf.linalg.matvec(basis, tf.linalg.matvec(basis, w), transpose_a=True)
+        beta = tf.norm(w)
+        alphas = tf.tensor_scatter_nd_update(alphas, [[k]], [alpha])
+        betas = tf.tensor_scatter_nd_update(betas, [[k]], [beta])
+        values, vectors = ritz(alphas, betas, k)
+        top = _top_selected(values, which)
+        value = tf.where(top, values[-1], values[0])
+        neighbour = tf.where(top, values[-2] if m > 1 else values[-1], values[1 if m > 1 else 0])
+        column = tf.where(top, vectors[:, -1], vectors[:, 0])
+        residual = beta * tf.abs(column[k])
+        gap = tf.maximum(tf.abs(value - neighbour), tiny)
+        estimate = tf.where(k > 0, tf.minimum(residual, tf.square(residual) / gap), residual)
+        scale = tf.maximum(tf.abs(values[0]), tf.abs(values[-1]))
+        breakdown = beta <= _BREAKDOWN * tf.maximum(scale, tiny)
+        settled = (k > 0) & (tf.abs(value - previous) <= tolerance * tf.abs(value))
+        done = breakdown | (settled & (estimate <= tolerance * tf.abs(value)))
+        estimate = tf.where(breakdown, nothing, estimate)
+        next_q = w / tf.where(beta > 0, beta, tf.ones_like(beta))
+        basis = tf.tensor_scatter_nd_update(basis, [[k + 1]], [next_q])
+        return k + 1, basis, alphas, betas, value, done, estimate
+
+    k, basis, alphas, betas, _, done, estimate = tf.while_loop(
+        lambda k, *state: (k < m) & tf.logical_not(state[4]),
+        body,
+        (tf.constant(0), basis0, zeros, zeros, nothing, tf.constant(False), nothing),
+        maximum_iterations=m,
+    )
+    values, vectors = ritz(alphas, betas, k - 1)
+    top = _top_selected(values, which)
+    column = tf.where(top, vectors[:, -1], vectors[:, 0])
+    column = tf.where(index < k, column, tf.zeros_like(column))
+    vector = tf.linalg.matvec(basis[:m], column, transpose_a=True)
+    return {
+        "value": tf.where(top, values[-1], values[0]),
+        "ritz_min": values[0],
+        "ritz_max": values[-1],
+        "iterations": k,
+        "converged": done if dim is None else done | (k >= dim),
+        "error_estimate": estimate,
+        "vector": vector / tf.norm(vector),
+    }
+
+
+def _top_selected(values, which):
+    if which == "largest":
+        return tf.constant(True)
+    if which == "smallest":
+        return tf.constant(False)
+    return values[-1] >= -values[0]

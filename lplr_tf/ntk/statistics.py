@@ -1,0 +1,348 @@
+"""Scalar statistics of a kernel K = scale·Θ (and of its drift K − K₀) without an eigvalsh.
+
+What a probe reports, at the cost of one Cholesky factorization and a few dozen O(N²)
+matrix-vector products instead of a full eigendecomposition (`eigvalsh` tridiagonalizes:
+~4N³/3 flops plus the QR sweeps; and ‖K − K₀‖₂ by a full SVD another ~10N³):
+
+* λ_max(K): Lanczos on Kv.
+* ‖K − K₀‖₂: Lanczos on (K − K₀)v for the eigenvalue of largest magnitude (the difference
+  of two symmetric kernels is symmetric and indefinite: its 2-norm is max |λ|).
+* ‖K − K₀‖_F / ‖K₀‖_F and trace(K): one pass over the entries.
+* λ_min(K), exact: a Cholesky factor K − σI = L Lᵀ with σ ≤ 0 just below zero (N³/3
+  flops; a failure proves λ_min ≤ σ, and σ is lowered once to the float32 rounding level),
+  then Lanczos on (K − σI)⁻¹ = L⁻ᵀL⁻¹ (two triangular solves per product), whose largest
+  eigenvalue is 1/(λ_min − σ).
+
+All solves run in float64 on the symmetrized matrix, to the relative `tolerance` of the
+Lanczos convergence test (`lanczos`); with the default 1e-8 the relative error of λ_min is
+below 1e-6 up to condition numbers of 1e6 and beyond (tests compare with `eigvalsh`).
+
+Where: `backend="host"` runs on NumPy/LAPACK in one float64 workspace of N² floats, reused
+for K − K₀, K and L in turn, every step bounded and interruptible (`should_stop`).
+`backend="device"` keeps everything on the kernel's device as TF ops (the kernel comes back
+only as scalars); it is meant for GPUs (float64, cuSOLVER). "auto" picks "device" for a
+kernel on a GPU and "host" otherwise: on a CPU the host *is* the device and LAPACK's
+multithreaded Cholesky was measured 5× faster than TF's; a TPU has no float64.
+
+Full eigenvalues (`full_spectrum=True`) cost one float64 `eigvalsh` (in place on the
+workspace): a TensorBoard histogram of the spectrum should ask for them only every k-th
+probe (or at the first and last probe), not at every probe.
+"""
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+import scipy.linalg
+import tensorflow as tf
+
+from lplr_tf.ntk import cholesky, interrupt, lanczos, spectrum
+
+BACKENDS = ("auto", "host", "device")
+_CALLER = "kernel_statistics"
+# Bytes of one chunk of rows when the host path converts or reduces the kernel.
+_CHUNK_BYTES = 1 << 25
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelStatistics:
+    """Scalars of the (already scaled) kernel K and of its drift from K₀.
+
+    Attributes:
+      lambda_min: Smallest eigenvalue of K (exact to the tolerance, or an upper estimate on
+        the matrix-free path: see `estimates`).
+      lambda_max: Largest eigenvalue of K.
+      trace: trace(K).
+      condition_number: lambda_max / lambda_min; inf when lambda_min <= 0.
+      effective_rank: trace / lambda_max.
+      kernel_drift: ‖K − K₀‖_F / ‖K₀‖_F, None without K₀.
+      kernel_drift_op: ‖K − K₀‖₂, None without K₀.
+      eigenvalues: float64 (N,) ascending when full_spectrum was asked, else None.
+      iterations: Matrix-vector products per solve, e.g. {"lambda_max": 14, ...}.
+      converged: Whether every Lanczos solve passed its convergence test.
+      method: "cholesky" (λ_min by shift-invert), "eigvalsh" (full spectrum) or
+        "matrix_free" (Lanczos on NTK-vector products).
+      backend: "host" or "device", where the solves ran.
+      estimates: Names of the fields that are estimates rather than exact to tolerance.
+    """
+
+    lambda_min: float
+    lambda_max: float
+    trace: float
+    condition_number: float
+    effective_rank: float
+    kernel_drift: float | None = None
+    kernel_drift_op: float | None = None
+    eigenvalues: np.ndarray | None = None
+    iterations: dict = dataclasses.field(default_factory=dict)
+    converged: bool = True
+    method: str = "cholesky"
+    backend: str = "host"
+    estimates: tuple = ()
+
+
+def finish(lambda_min, lambda_max, trace, **fields):
+    """KernelStatistics from the three defining numbers (condition, effective rank)."""
+    lambda_min, lambda_max, trace = float(lambda_min), float(lambda_max), float(trace)
+    condition = lambda_max / lambda_min if lambda_min > 0 else math.inf
+    effective_rank = trace / lambda_max if lambda_max > 0 else 0.0
+    return KernelStatistics(lambda_min, lambda_max, trace, condition, effective_rank, **fields)
+
+
+def kernel_statistics(
+    kernel,
+    kernel0=None,
+    *,
+    scale,
+    full_spectrum=False,
+    tolerance=1e-8,
+    max_iterations=300,
+    backend="auto",
+    seed=0,
+    should_stop=None,
+    jit_compile=False,
+):
+    """λ_min, λ_max, trace, condition number of K = scale·kernel, and its drift from K₀.
+
+    Args:
+      kernel: Θ from `empirical_ntk`, (N, N): a NumPy array (what `as_numpy=True` returns
+        on the host: no copy is made of it) or a tf.Tensor (on a GPU: solved there).
+      kernel0: Θ₀ at initialization, same shape and scale convention, or None (no drift).
+      scale: Multiplies both kernels first; 1/n turns Θ into K = Θ/n.
+      full_spectrum: Also return all eigenvalues (one float64 eigvalsh; see module doc).
+      tolerance: Relative tolerance of the Lanczos convergence tests.
+      max_iterations: Cap on matrix-vector products per solve.
+      backend: "auto", "host" or "device" (module docstring).
+      seed: Seed of the Lanczos start vectors.
+      should_stop: Optional callable polled between steps; True raises ProbeInterrupted.
+      jit_compile: XLA-compile the device functions ("device" backend only).
+
+    Returns:
+      KernelStatistics (float64 scalars as Python floats).
+
+    Raises:
+      ValueError: a non-square or non-finite kernel, mismatched K₀, or a bad option.
+      ProbeInterrupted: should_stop() returned True.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"{_CALLER}: backend={backend!r}; expected one of {BACKENDS}. Use 'auto' "
+            "(device on a GPU, host otherwise)."
+        )
+    if not (isinstance(scale, (int, float, np.floating)) and scale > 0 and math.isfinite(scale)):
+        raise ValueError(
+            f"{_CALLER}: scale={scale!r}; expected a positive finite number (1/n for K = Θ/n)."
+        )
+    if not 0 < tolerance < 1 or int(max_iterations) < 1:
+        raise ValueError(
+            f"{_CALLER}: tolerance={tolerance!r}, max_iterations={max_iterations!r}; "
+            "expected 0 < tolerance < 1 and max_iterations >= 1."
+        )
+    _check_square(kernel, "kernel")
+    if kernel0 is not None:
+        _check_square(kernel0, "kernel0")
+        if tuple(kernel0.shape) != tuple(kernel.shape):
+            raise ValueError(
+                f"{_CALLER}: kernel0 has shape {tuple(kernel0.shape)} but kernel has "
+                f"{tuple(kernel.shape)}; expected the same (N, N). Pass the initial kernel "
+                "of the same probe set and output mode."
+            )
+    if backend == "auto":
+        backend = "device" if _on_gpu(kernel) else "host"
+    options = dict(
+        scale=float(scale),
+        full_spectrum=full_spectrum,
+        tolerance=float(tolerance),
+        max_iterations=int(max_iterations),
+        seed=seed,
+    )
+    if backend == "device":
+        from lplr_tf.ntk import statistics_device  # TF graph code, only needed here
+
+        return statistics_device.device_statistics(
+            kernel, kernel0, jit_compile=jit_compile, should_stop=should_stop, **options
+        )
+    return _host_statistics(kernel, kernel0, should_stop=should_stop, **options)
+
+
+def _check_square(matrix, name):
+    shape = tuple(matrix.shape)
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] == 0:
+        raise ValueError(
+            f"{_CALLER}: {name} has shape {shape}; expected a non-empty square matrix "
+            "(N, N), e.g. Θ from empirical_ntk."
+        )
+
+
+def _on_gpu(kernel):
+    return isinstance(kernel, tf.Tensor) and "GPU" in (kernel.device or "").upper()
+
+
+def _host_array(matrix):
+    """A NumPy view of the kernel (a tf.Tensor is copied once: TF → NumPy always copies)."""
+    return matrix.numpy() if isinstance(matrix, tf.Tensor) else np.asarray(matrix)
+
+
+def _row_chunks(size):
+    rows = max(1, _CHUNK_BYTES // (8 * size))
+    return [slice(start, min(start + rows, size)) for start in range(0, size, rows)]
+
+
+def _fill(workspace, matrix, scale, should_stop, stage, subtract=None):
+    """workspace ← scale·(matrix − subtract) in float64, symmetrized, chunk by chunk."""
+    size = workspace.shape[0]
+    for rows in _row_chunks(size):
+        interrupt.check(should_stop, stage)
+        if subtract is None:
+            workspace[rows] = matrix[rows]
+        else:
+            np.subtract(matrix[rows], subtract[rows], out=workspace[rows], dtype=np.float64)
+        workspace[rows] *= scale
+    # (A + Aᵀ)/2 in place, block pair by block pair (no N² temporary).
+    block = max(1, int(math.sqrt(_CHUNK_BYTES / 8)))
+    for i in range(0, size, block):
+        interrupt.check(should_stop, stage)
+        rows = slice(i, min(i + block, size))
+        for j in range(i, size, block):
+            cols = slice(j, min(j + block, size))
+            mean = 0.5 * (workspace[rows, cols] + workspace[cols, rows].T)
+            workspace[rows, cols] = mean
+            workspace[cols, rows] = mean.T
+
+
+def _squared_norm(matrix, should_stop, stage):
+    """‖matrix‖_F² in float64, chunk by chunk."""
+    total = 0.0
+    for rows in _row_chunks(matrix.shape[0]):
+        interrupt.check(should_stop, stage)
+        chunk = np.asarray(matrix[rows], dtype=np.float64)
+        total += float(np.vdot(chunk, chunk))
+    return total
+
+
+def _start(size, rng):
+    return rng.standard_normal(size)
+
+
+def _host_statistics(
+    kernel, kernel0, *, scale, full_spectrum, tolerance, max_iterations, seed, should_stop
+):
+    matrix = _host_array(kernel)
+    size = matrix.shape[0]
+    rng = np.random.default_rng(seed)
+    workspace = np.empty((size, size), dtype=np.float64)
+    iterations, converged, fields = {}, True, {}
+    solve = dict(tolerance=tolerance, max_iterations=max_iterations, should_stop=should_stop)
+    if kernel0 is not None:
+        reference = _host_array(kernel0)
+        _fill(workspace, matrix, scale, should_stop, "kernel drift", subtract=reference)
+        drift_sq = _squared_norm(workspace, should_stop, "kernel drift")
+        reference_sq = _squared_norm(reference, should_stop, "kernel drift") * scale**2
+        fields["kernel_drift"] = math.sqrt(drift_sq / reference_sq) if reference_sq > 0 else None
+        if drift_sq == 0:
+            fields["kernel_drift_op"] = 0.0
+        else:
+            result = lanczos.lanczos(
+                lambda v: workspace @ v,
+                _start(size, rng),
+                which="largest_magnitude",
+                stage="kernel drift",
+                **solve,
+            )
+            fields["kernel_drift_op"] = abs(result.value)
+            iterations["kernel_drift_op"] = result.iterations
+            converged &= result.converged
+    _fill(workspace, matrix, scale, should_stop, "kernel statistics")
+    diagonal = np.diagonal(workspace)
+    trace = float(np.sum(diagonal))
+    if not np.all(np.isfinite(diagonal)) or not math.isfinite(
+        _squared_norm(workspace, should_stop, "kernel statistics")
+    ):
+        raise ValueError(
+            f"{_CALLER}: the kernel contains NaN or inf entries; expected a finite matrix. "
+            "Check the model's outputs (a diverged run gives non-finite kernels)."
+        )
+    rtol = spectrum.default_psd_rtol(matrix.dtype, size)
+    if full_spectrum:
+        interrupt.check(should_stop, "eigvalsh")
+        eigenvalues = scipy.linalg.eigh(
+            workspace, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd"
+        )
+        lambda_min, lambda_max = float(eigenvalues[0]), float(eigenvalues[-1])
+        method = "eigvalsh"
+    else:
+        eigenvalues = None
+        top = lanczos.lanczos(
+            lambda v: workspace @ v,
+            _start(size, rng),
+            which="largest",
+            stage="lambda_max",
+            **solve,
+        )
+        lambda_max = top.value
+        iterations["lambda_max"] = top.iterations
+        converged &= top.converged
+        lambda_min, bottom, method = _host_lambda_min(
+            workspace, matrix, scale, lambda_max, rtol, rng, should_stop, solve
+        )
+        if bottom is not None:
+            iterations["lambda_min"] = bottom.iterations
+            converged &= bottom.converged
+        if method == "eigvalsh":
+            eigenvalues = None  # a fallback, not asked for
+    _warn_if_not_psd(lambda_min, lambda_max, rtol)
+    return finish(
+        lambda_min,
+        lambda_max,
+        trace,
+        eigenvalues=eigenvalues,
+        iterations=iterations,
+        converged=bool(converged),
+        method=method,
+        backend="host",
+        **fields,
+    )
+
+
+def _host_lambda_min(workspace, matrix, scale, lambda_max, rtol, rng, should_stop, solve):
+    """λ_min by shift-invert Lanczos on the Cholesky factor of K − σI, in the workspace.
+
+    The first shift σ = −N·ε₆₄·λ_max factors any K whose λ_min is above float64 rounding;
+    when it fails (a singular or float32-rounded kernel), σ = −2·rtol·λ_max, the PSD rounding
+    level of the input. A second failure means a kernel indefinite beyond rounding (a bug
+    signal): the full float64 eigvalsh then gives λ_min, and the caller warns.
+    """
+    size = workspace.shape[0]
+    scale_max = max(abs(lambda_max), np.finfo(np.float64).tiny)
+    for shift in (-size * np.finfo(np.float64).eps * scale_max, -2.0 * rtol * scale_max):
+        workspace.flat[:: size + 1] -= shift
+        block = cholesky.DEFAULT_BLOCK if size > 4 * cholesky.DEFAULT_BLOCK else size
+        if cholesky.cholesky_in_place(workspace, block_size=block, should_stop=should_stop):
+            result = lanczos.lanczos(
+                cholesky.inverse_operator(workspace),
+                _start(size, rng),
+                which="largest",
+                stage="lambda_min",
+                **solve,
+            )
+            return shift + 1.0 / result.value, result, "cholesky"
+        _fill(workspace, matrix, scale, should_stop, "kernel statistics")
+    interrupt.check(should_stop, "eigvalsh")
+    eigenvalues = scipy.linalg.eigh(
+        workspace, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd"
+    )
+    return float(eigenvalues[0]), None, "eigvalsh"
+
+
+def _warn_if_not_psd(lambda_min, lambda_max, rtol):
+    largest = max(abs(lambda_min), abs(lambda_max)) or 1.0
+    if lambda_min < -rtol * largest:
+        warnings.warn(
+            f"{_CALLER}: the kernel is not positive semi-definite beyond rounding: "
+            f"lambda_min={lambda_min:.3e}, lambda_max={lambda_max:.3e} (relative "
+            f"{lambda_min / largest:.2e} < -{rtol:.1e}). An NTK J Jᵀ is PSD; expect a bug or "
+            "a kernel not computed in float32/float64 with TF32 off.",
+            RuntimeWarning,
+            stacklevel=3,
+        )

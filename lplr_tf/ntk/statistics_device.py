@@ -1,0 +1,183 @@
+"""The device backend of `kernel_statistics`: the same solves as TF ops on the kernel's device.
+
+For a kernel on a GPU: the float64 copy, the drift, the Cholesky factor (cuSOLVER) and the
+Lanczos loops (`lanczos.lanczos_graph`, one compiled call per solve) stay on the device, and
+only scalars come back. Each function here compiles with `jit_compile=True` (tests run
+that on the CPU), which is what an XLA-only device needs. `should_stop` is polled between
+solves: on a GPU a whole Lanczos solve on an 18,000² kernel takes milliseconds.
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from lplr_tf.ntk import interrupt, lanczos, spectrum
+from lplr_tf.ntk import statistics as host
+
+_DTYPE = tf.float64
+
+
+def _symmetrized(matrix):
+    return 0.5 * (matrix + tf.transpose(matrix))
+
+
+class DeviceFunctions:
+    """The compiled pieces, one tf.function each (traced per shape and static option)."""
+
+    def __init__(self, jit_compile):
+        compile_ = lambda fn: tf.function(fn, jit_compile=jit_compile)
+        self.prepare = compile_(self._prepare)
+        self.difference = compile_(self._difference)
+        self.extreme = compile_(self._extreme)
+        self.cholesky = compile_(self._cholesky)
+        self.inverse_extreme = compile_(self._inverse_extreme)
+        self.eigenvalues = compile_(tf.linalg.eigvalsh)
+
+    @staticmethod
+    def _prepare(kernel, scale):
+        """K = scale·kernel in float64, symmetrized; its trace and squared Frobenius norm."""
+        matrix = _symmetrized(tf.cast(kernel, _DTYPE) * scale)
+        return matrix, tf.linalg.trace(matrix), tf.reduce_sum(tf.square(matrix))
+
+    @staticmethod
+    def _difference(kernel, kernel0, scale):
+        """D = scale·(kernel − kernel0) in float64, symmetrized; ‖D‖_F² and ‖scale·K₀‖_F²."""
+        reference = tf.cast(kernel0, _DTYPE) * scale
+        difference = _symmetrized(tf.cast(kernel, _DTYPE) * scale - reference)
+        return (
+            difference,
+            tf.reduce_sum(tf.square(difference)),
+            tf.reduce_sum(tf.square(reference)),
+        )
+
+    @staticmethod
+    def _extreme(matrix, start, tolerance, which, max_iterations):
+        return lanczos.lanczos_graph(
+            lambda v: tf.linalg.matvec(matrix, v),
+            start,
+            which=which,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+        )
+
+    @staticmethod
+    def _cholesky(matrix, shift):
+        """L with L Lᵀ = matrix − shift·I, and whether it succeeded (finite, positive diagonal)."""
+        factor = tf.linalg.cholesky(matrix - shift * tf.eye(tf.shape(matrix)[0], dtype=_DTYPE))
+        diagonal = tf.linalg.diag_part(factor)
+        return factor, tf.reduce_all(tf.math.is_finite(diagonal) & (diagonal > 0))
+
+    @staticmethod
+    def _inverse_extreme(factor, start, tolerance, max_iterations):
+        return lanczos.lanczos_graph(
+            lambda v: tf.linalg.cholesky_solve(factor, v[:, None])[:, 0],
+            start,
+            which="largest",
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+        )
+
+
+_FUNCTIONS = {False: DeviceFunctions(False), True: DeviceFunctions(True)}
+
+
+def device_statistics(
+    kernel,
+    kernel0,
+    *,
+    scale,
+    full_spectrum,
+    tolerance,
+    max_iterations,
+    seed,
+    should_stop,
+    jit_compile,
+):
+    """`kernel_statistics` with backend="device" (arguments as there)."""
+    functions = _FUNCTIONS[bool(jit_compile)]
+    kernel = tf.convert_to_tensor(kernel)
+    size = int(kernel.shape[0])
+    iterations, converged, fields = {}, True, {}
+    tolerance = tf.constant(tolerance, _DTYPE)
+    m = int(min(max_iterations, size))
+    scale_t = tf.constant(scale, _DTYPE)
+    starts = iter(
+        tf.random.stateless_normal((size,), seed=[seed, k], dtype=_DTYPE) for k in range(8)
+    )
+    with tf.device(kernel.device or None):
+        if kernel0 is not None:
+            interrupt.check(should_stop, "kernel drift")
+            difference, drift_sq, reference_sq = functions.difference(
+                kernel, tf.convert_to_tensor(kernel0), scale_t
+            )
+            drift_sq, reference_sq = float(drift_sq), float(reference_sq)
+            fields["kernel_drift"] = (
+                math.sqrt(drift_sq / reference_sq) if reference_sq > 0 else None
+            )
+            if drift_sq == 0:
+                fields["kernel_drift_op"] = 0.0
+            else:
+                interrupt.check(should_stop, "kernel drift")
+                result = functions.extreme(
+                    difference, next(starts), tolerance, "largest_magnitude", m
+                )
+                fields["kernel_drift_op"] = abs(float(result["value"]))
+                iterations["kernel_drift_op"] = int(result["iterations"])
+                converged &= bool(result["converged"])
+            del difference
+        interrupt.check(should_stop, "kernel statistics")
+        matrix, trace, squared = functions.prepare(kernel, scale_t)
+        if not (math.isfinite(float(trace)) and math.isfinite(float(squared))):
+            raise ValueError(
+                "kernel_statistics: the kernel contains NaN or inf entries; expected a finite "
+                "matrix. Check the model's outputs (a diverged run gives non-finite kernels)."
+            )
+        rtol = spectrum.default_psd_rtol(kernel.dtype.as_numpy_dtype, size)
+        eigenvalues = None
+        if full_spectrum:
+            interrupt.check(should_stop, "eigvalsh")
+            eigenvalues = functions.eigenvalues(matrix).numpy()
+            lambda_min, lambda_max, method = (
+                float(eigenvalues[0]),
+                float(eigenvalues[-1]),
+                "eigvalsh",
+            )
+        else:
+            interrupt.check(should_stop, "lambda_max")
+            top = functions.extreme(matrix, next(starts), tolerance, "largest", m)
+            lambda_max = float(top["value"])
+            iterations["lambda_max"] = int(top["iterations"])
+            converged &= bool(top["converged"])
+            lambda_min, method = None, "eigvalsh"
+            scale_max = max(abs(lambda_max), np.finfo(np.float64).tiny)
+            for shift in (-size * np.finfo(np.float64).eps * scale_max, -2.0 * rtol * scale_max):
+                interrupt.check(should_stop, "cholesky")
+                try:
+                    factor, ok = functions.cholesky(matrix, tf.constant(shift, _DTYPE))
+                    ok = bool(ok)
+                except tf.errors.InvalidArgumentError:  # TF's CPU kernel raises; GPU/XLA: NaN
+                    ok = False
+                if ok:
+                    interrupt.check(should_stop, "lambda_min")
+                    bottom = functions.inverse_extreme(factor, next(starts), tolerance, m)
+                    lambda_min = shift + 1.0 / float(bottom["value"])
+                    iterations["lambda_min"] = int(bottom["iterations"])
+                    converged &= bool(bottom["converged"])
+                    method = "cholesky"
+                    break
+            if lambda_min is None:
+                interrupt.check(should_stop, "eigvalsh")
+                lambda_min = float(functions.eigenvalues(matrix)[0])
+    host._warn_if_not_psd(lambda_min, lambda_max, rtol)
+    return host.finish(
+        lambda_min,
+        lambda_max,
+        float(trace),
+        eigenvalues=eigenvalues,
+        iterations=iterations,
+        converged=bool(converged),
+        method=method,
+        backend="device",
+        **fields,
+    )
