@@ -72,7 +72,7 @@ class LinearizedDynamics:
                 f"{_CALLER}: steps contain {steps.min()}; expected non-negative integers."
             )
         factors = 1.0 - self.learning_rate * self.eigenvalues
-        with np.errstate(over="ignore", invalid="ignore"):  # η·λ > 2: the dynamics diverge
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # η·λ > 2 diverges
             powers = np.power(factors[None, :], steps[:, None].astype(np.float64))
             return (powers * self.coefficients[None, :]) @ self._vectors.T
 

@@ -233,8 +233,20 @@ def matrix_free_statistics(
     rng = np.random.default_rng(seed)
     solve = dict(tolerance=tolerance, max_iterations=max_iterations, should_stop=should_stop)
     with common.tf32_disabled():
-        top = lanczos.lanczos(matvec, rng.standard_normal(dim), which="largest", **solve)
-        bottom = lanczos.lanczos(matvec, rng.standard_normal(dim), which="smallest", **solve)
+        top = lanczos.lanczos(
+            matvec,
+            rng.standard_normal(dim),
+            which="largest",
+            stage="matrix-free lanczos",
+            **solve,
+        )
+        bottom = lanczos.lanczos(
+            matvec,
+            rng.standard_normal(dim),
+            which="smallest",
+            stage="matrix-free lanczos",
+            **solve,
+        )
         trace = _hutchinson_trace(functions, x, num_outputs, num_probes, rng, block_size)
     return kernel_stats.finish(
         min(bottom.value, top.ritz_min),
