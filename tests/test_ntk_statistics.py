@@ -110,12 +110,34 @@ def test_float32_ntk_of_a_network_agrees_with_the_dense_spectrum():
     assert "lambda_max" not in free.estimates and free.kernel_drift is None
 
 
+@pytest.mark.parametrize("backend", ["host", "device"])
+def test_each_quantity_alone_equals_the_whole_and_leaves_the_rest_none(backend):
+    kernel = constructed(80, 1e4, seed=8)
+    kernel0 = kernel + 1e-3 * constructed(80, 10.0, seed=9)
+    whole = kernel_statistics(kernel, kernel0, scale=1.0, backend=backend)
+    drift = kernel_statistics(
+        kernel, kernel0, scale=1.0, quantities=["kernel_drift"], backend=backend
+    )
+    assert drift.kernel_drift_op == pytest.approx(whole.kernel_drift_op, rel=1e-9)
+    assert drift.lambda_min is None and drift.trace is None and drift.method is None
+    top = kernel_statistics(kernel, scale=1.0, quantities=["lambda_max"], backend=backend)
+    assert top.lambda_max == pytest.approx(whole.lambda_max, rel=1e-9)
+    assert top.lambda_min is None and top.condition_number is None
+    assert top.effective_rank == pytest.approx(whole.effective_rank, rel=1e-9)
+    bottom = kernel_statistics(kernel, scale=1.0, quantities=["lambda_min"], backend=backend)
+    assert bottom.lambda_min == pytest.approx(whole.lambda_min, rel=1e-7)
+    assert bottom.lambda_max is None and bottom.kernel_drift is None
+    with pytest.raises(ValueError, match=r"quantities=\('kernel_drift',\)"):
+        kernel_statistics(kernel, scale=1.0, quantities=["kernel_drift"])
+
+
 def test_full_spectrum_equals_eigvalsh():
     kernel = constructed(50, 1e3, seed=5).astype(np.float32)
     stats = kernel_statistics(kernel, scale=2.0, full_spectrum=True)
     expected = np.linalg.eigvalsh(2.0 * kernel.astype(np.float64))
     np.testing.assert_allclose(stats.eigenvalues, expected, rtol=1e-10, atol=1e-14)
-    assert stats.method == "eigvalsh" and stats.lambda_min == expected[0]
+    assert stats.method == "eigvalsh"
+    assert stats.lambda_min == pytest.approx(expected[0], rel=1e-10)
 
 
 @pytest.mark.parametrize("backend", ["host", "device"])

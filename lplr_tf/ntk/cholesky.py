@@ -5,11 +5,15 @@ Cholesky factor K − σI = L Lᵀ: N³/3 flops, a quarter of a tridiagonalizati
 and a tenth of a full eigendecomposition. A failed factorization proves λ_min(K) ≤ σ.
 
 LAPACK's `potrf` would do it in one call, but for N = 18,000 that call runs for tens of
-seconds and cannot be interrupted. This is the right-looking blocked algorithm with the
-same BLAS-3 kernels, one bounded step per Python-level call (a b × b diagonal factorization,
-a b-wide triangular solve of the panel, then the trailing update in b-wide column chunks of
-at most N·b² multiply-adds), so `should_stop` is polled every fraction of a second, and it
-works in place on a C-ordered float64 array (no N² temporary: the largest one is N × b).
+seconds and cannot be interrupted. This is the left-looking blocked algorithm with the same
+BLAS-3 kernels, in bounded steps: for each b-wide column panel, its update by the columns
+already factored (A[k:, k:k+b] −= L[k:, :k] L[k:k+b, :k]ᵀ, one GEMM with a long inner
+dimension, split into row chunks of `UPDATE_ROWS`), then a b × b Cholesky of its diagonal
+block and a triangular solve for the rest of the panel. `should_stop` is polled before each
+step (a fraction of a second each on a CPU), and it works in place on a C-ordered float64
+array (no N² temporary: the largest one is UPDATE_ROWS × b). Left-looking was measured
+faster than right-looking here (7.5 s against 11.5 s at N = 8,000, on par with `potrf`):
+it reads the factored columns once per panel instead of rewriting the trailing matrix.
 """
 
 import numpy as np
@@ -18,6 +22,7 @@ import scipy.linalg
 from lplr_tf.ntk import interrupt
 
 DEFAULT_BLOCK = 512
+UPDATE_ROWS = 2048
 
 
 def cholesky_in_place(matrix, *, block_size=DEFAULT_BLOCK, should_stop=None):
@@ -43,6 +48,11 @@ def cholesky_in_place(matrix, *, block_size=DEFAULT_BLOCK, should_stop=None):
     size = matrix.shape[0]
     for k0 in range(0, size, block_size):
         k1 = min(k0 + block_size, size)
+        if k0 > 0:
+            for r0 in range(k0, size, UPDATE_ROWS):
+                r1 = min(r0 + UPDATE_ROWS, size)
+                interrupt.check(should_stop, "cholesky")
+                matrix[r0:r1, k0:k1] -= matrix[r0:r1, :k0] @ matrix[k0:k1, :k0].T
         interrupt.check(should_stop, "cholesky")
         try:
             diagonal = scipy.linalg.cholesky(matrix[k0:k1, k0:k1], lower=True, check_finite=False)
@@ -51,19 +61,11 @@ def cholesky_in_place(matrix, *, block_size=DEFAULT_BLOCK, should_stop=None):
         if not np.all(np.isfinite(np.diagonal(diagonal))):
             return False
         matrix[k0:k1, k0:k1] = diagonal
-        if k1 == size:
-            break
-        # The panel L21 = A21 L11⁻ᵀ, kept contiguous as its transpose (b, N − k1).
-        panel_t = scipy.linalg.solve_triangular(
-            diagonal, matrix[k1:, k0:k1].T, lower=True, check_finite=False
-        )
-        matrix[k1:, k0:k1] = panel_t.T
-        panel = panel_t.T
-        for j0 in range(k1, size, block_size):
-            j1 = min(j0 + block_size, size)
-            interrupt.check(should_stop, "cholesky")
-            # Lower part of A22 −= L21 L21ᵀ, one column chunk at a time.
-            matrix[j0:, j0:j1] -= panel[j0 - k1 :] @ panel_t[:, j0 - k1 : j1 - k1]
+        if k1 < size:
+            # The rest of the panel: L21 = A21 L11⁻ᵀ.
+            matrix[k1:, k0:k1] = scipy.linalg.solve_triangular(
+                diagonal, matrix[k1:, k0:k1].T, lower=True, check_finite=False
+            ).T
     return True
 
 

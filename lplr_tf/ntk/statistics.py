@@ -13,9 +13,13 @@ matrix-vector products instead of a full eigendecomposition (`eigvalsh` tridiago
   then Lanczos on (K − σI)⁻¹ = L⁻ᵀL⁻¹ (two triangular solves per product), whose largest
   eigenvalue is 1/(λ_min − σ).
 
-All solves run in float64 on the symmetrized matrix, to the relative `tolerance` of the
+All solves run in float64 on a symmetric matrix, to the relative `tolerance` of the
 Lanczos convergence test (`lanczos`); with the default 1e-8 the relative error of λ_min is
-below 1e-6 up to condition numbers of 1e6 and beyond (tests compare with `eigvalsh`).
+below 1e-6 up to condition numbers of 1e6 and beyond (tests compare with `eigvalsh`). The
+host backend uses the symmetric matrix of K's lower triangle (what LAPACK's Cholesky and
+BLAS's symv read: no symmetrizing pass), the device backend (K + Kᵀ)/2; the two coincide
+for the exactly symmetric kernels `empirical_ntk` assembles, and differ by the asymmetry
+(float32 rounding) otherwise.
 
 Where: `backend="host"` runs on NumPy/LAPACK in one float64 workspace of N² floats, reused
 for K − K₀, K and L in turn, every step bounded and interruptible (`should_stop`).
@@ -40,14 +44,17 @@ import tensorflow as tf
 from lplr_tf.ntk import cholesky, interrupt, lanczos, spectrum
 
 BACKENDS = ("auto", "host", "device")
+QUANTITIES = ("lambda_min", "lambda_max", "kernel_drift")
 _CALLER = "kernel_statistics"
 # Bytes of one chunk of rows when the host path converts or reduces the kernel.
-_CHUNK_BYTES = 1 << 25
+_CHUNK_BYTES = 1 << 22
 
 
 @dataclasses.dataclass(frozen=True)
 class KernelStatistics:
     """Scalars of the (already scaled) kernel K and of its drift from K₀.
+
+    Fields of quantities that were not asked for (`quantities`) are None.
 
     Attributes:
       lambda_min: Smallest eigenvalue of K (exact to the tolerance, or an upper estimate on
@@ -61,32 +68,41 @@ class KernelStatistics:
       eigenvalues: float64 (N,) ascending when full_spectrum was asked, else None.
       iterations: Matrix-vector products per solve, e.g. {"lambda_max": 14, ...}.
       converged: Whether every Lanczos solve passed its convergence test.
-      method: "cholesky" (λ_min by shift-invert), "eigvalsh" (full spectrum) or
-        "matrix_free" (Lanczos on NTK-vector products).
+      method: How λ_min was found: "cholesky" (shift-invert), "eigvalsh" (full spectrum,
+        or the fallback for an indefinite kernel) or "matrix_free" (Lanczos on NTK-vector
+        products); None when λ_min was not asked for.
       backend: "host" or "device", where the solves ran.
       estimates: Names of the fields that are estimates rather than exact to tolerance.
     """
 
-    lambda_min: float
-    lambda_max: float
-    trace: float
-    condition_number: float
-    effective_rank: float
+    lambda_min: float | None
+    lambda_max: float | None
+    trace: float | None
+    condition_number: float | None
+    effective_rank: float | None
     kernel_drift: float | None = None
     kernel_drift_op: float | None = None
     eigenvalues: np.ndarray | None = None
     iterations: dict = dataclasses.field(default_factory=dict)
     converged: bool = True
-    method: str = "cholesky"
+    method: str | None = "cholesky"
     backend: str = "host"
     estimates: tuple = ()
 
 
 def finish(lambda_min, lambda_max, trace, **fields):
-    """KernelStatistics from the three defining numbers (condition, effective rank)."""
-    lambda_min, lambda_max, trace = float(lambda_min), float(lambda_max), float(trace)
-    condition = lambda_max / lambda_min if lambda_min > 0 else math.inf
-    effective_rank = trace / lambda_max if lambda_max > 0 else 0.0
+    """KernelStatistics from the three defining numbers (condition, effective rank).
+
+    Any of them may be None (not computed); what depends on it is None too.
+    """
+    lambda_min, lambda_max, trace = (
+        None if v is None else float(v) for v in (lambda_min, lambda_max, trace)
+    )
+    condition = effective_rank = None
+    if lambda_min is not None and lambda_max is not None:
+        condition = lambda_max / lambda_min if lambda_min > 0 else math.inf
+    if trace is not None and lambda_max is not None:
+        effective_rank = trace / lambda_max if lambda_max > 0 else 0.0
     return KernelStatistics(lambda_min, lambda_max, trace, condition, effective_rank, **fields)
 
 
@@ -96,8 +112,9 @@ def kernel_statistics(
     *,
     scale,
     full_spectrum=False,
+    quantities=None,
     tolerance=1e-8,
-    max_iterations=300,
+    max_iterations=128,
     backend="auto",
     seed=0,
     should_stop=None,
@@ -111,6 +128,9 @@ def kernel_statistics(
       kernel0: Θ₀ at initialization, same shape and scale convention, or None (no drift).
       scale: Multiplies both kernels first; 1/n turns Θ into K = Θ/n.
       full_spectrum: Also return all eigenvalues (one float64 eigvalsh; see module doc).
+      quantities: Which of QUANTITIES to compute ("lambda_min", "lambda_max",
+        "kernel_drift"); default all of them ("kernel_drift" when kernel0 is given). The
+        trace comes with either eigenvalue. Fields not computed are None.
       tolerance: Relative tolerance of the Lanczos convergence tests.
       max_iterations: Cap on matrix-vector products per solve.
       backend: "auto", "host" or "device" (module docstring).
@@ -148,11 +168,20 @@ def kernel_statistics(
                 f"{tuple(kernel.shape)}; expected the same (N, N). Pass the initial kernel "
                 "of the same probe set and output mode."
             )
+    if quantities is None:
+        quantities = QUANTITIES if kernel0 is not None else QUANTITIES[:2]
+    quantities = tuple(quantities)
+    if not set(quantities) <= set(QUANTITIES) or ("kernel_drift" in quantities and kernel0 is None):
+        raise ValueError(
+            f"{_CALLER}: quantities={quantities!r}; expected a subset of {QUANTITIES}, "
+            "with 'kernel_drift' only when kernel0 is given."
+        )
     if backend == "auto":
         backend = "device" if _on_gpu(kernel) else "host"
     options = dict(
         scale=float(scale),
         full_spectrum=full_spectrum,
+        quantities=quantities,
         tolerance=float(tolerance),
         max_iterations=int(max_iterations),
         seed=seed,
@@ -190,35 +219,54 @@ def _row_chunks(size):
 
 
 def _fill(workspace, matrix, scale, should_stop, stage, subtract=None):
-    """workspace ← scale·(matrix − subtract) in float64, symmetrized, chunk by chunk."""
-    size = workspace.shape[0]
-    for rows in _row_chunks(size):
+    """workspace ← scale·(matrix − subtract) in float64, one cache-sized chunk at a time.
+
+    Returns:
+      (‖workspace‖_F², ‖scale·subtract‖_F²), accumulated while each chunk is in cache.
+    """
+    written, subtracted = 0.0, 0.0
+    chunks = _row_chunks(workspace.shape[0])
+    buffer = None if subtract is None else np.empty((chunks[0].stop, workspace.shape[1]))
+    for rows in chunks:
         interrupt.check(should_stop, stage)
-        if subtract is None:
-            workspace[rows] = matrix[rows]
-        else:
-            np.subtract(matrix[rows], subtract[rows], out=workspace[rows], dtype=np.float64)
-        workspace[rows] *= scale
-    # (A + Aᵀ)/2 in place, block pair by block pair (no N² temporary).
-    block = max(1, int(math.sqrt(_CHUNK_BYTES / 8)))
-    for i in range(0, size, block):
-        interrupt.check(should_stop, stage)
-        rows = slice(i, min(i + block, size))
-        for j in range(i, size, block):
-            cols = slice(j, min(j + block, size))
-            mean = 0.5 * (workspace[rows, cols] + workspace[cols, rows].T)
-            workspace[rows, cols] = mean
-            workspace[cols, rows] = mean.T
+        out = workspace[rows]
+        np.multiply(matrix[rows], scale, out=out, dtype=np.float64)
+        if subtract is not None:
+            reference = buffer[: rows.stop - rows.start]
+            np.multiply(subtract[rows], scale, out=reference, dtype=np.float64)
+            subtracted += float(np.vdot(reference, reference))
+            out -= reference
+        written += float(np.vdot(out, out))
+    return written, subtracted
 
 
-def _squared_norm(matrix, should_stop, stage):
-    """‖matrix‖_F² in float64, chunk by chunk."""
-    total = 0.0
-    for rows in _row_chunks(matrix.shape[0]):
-        interrupt.check(should_stop, stage)
-        chunk = np.asarray(matrix[rows], dtype=np.float64)
-        total += float(np.vdot(chunk, chunk))
-    return total
+def _eigenvalues_in_place(matrix):
+    """All eigenvalues (ascending) of the symmetric matrix of `matrix`'s lower triangle.
+
+    LAPACK's syevd on the Fortran-ordered view, overwriting it (no N² copy).
+    """
+    return scipy.linalg.eigh(
+        matrix.T,
+        lower=False,
+        eigvals_only=True,
+        overwrite_a=True,
+        check_finite=False,
+        driver="evd",
+    )
+
+
+def _symmetric_product(matrix):
+    """v ↦ S v for the symmetric S whose lower triangle is `matrix`'s (BLAS dsymv).
+
+    Reading one triangle halves the memory traffic of a product, and defines the one
+    symmetric matrix that the Cholesky factorization (lower triangle) also sees.
+    """
+    transposed = matrix.T  # Fortran-ordered view: its upper triangle is our lower one
+
+    def apply(vector):
+        return scipy.linalg.blas.dsymv(1.0, transposed, vector, lower=0)
+
+    return apply
 
 
 def _start(size, rng):
@@ -226,7 +274,16 @@ def _start(size, rng):
 
 
 def _host_statistics(
-    kernel, kernel0, *, scale, full_spectrum, tolerance, max_iterations, seed, should_stop
+    kernel,
+    kernel0,
+    *,
+    scale,
+    full_spectrum,
+    quantities,
+    tolerance,
+    max_iterations,
+    seed,
+    should_stop,
 ):
     matrix = _host_array(kernel)
     size = matrix.shape[0]
@@ -234,17 +291,17 @@ def _host_statistics(
     workspace = np.empty((size, size), dtype=np.float64)
     iterations, converged, fields = {}, True, {}
     solve = dict(tolerance=tolerance, max_iterations=max_iterations, should_stop=should_stop)
-    if kernel0 is not None:
+    if "kernel_drift" in quantities:
         reference = _host_array(kernel0)
-        _fill(workspace, matrix, scale, should_stop, "kernel drift", subtract=reference)
-        drift_sq = _squared_norm(workspace, should_stop, "kernel drift")
-        reference_sq = _squared_norm(reference, should_stop, "kernel drift") * scale**2
+        drift_sq, reference_sq = _fill(
+            workspace, matrix, scale, should_stop, "kernel drift", subtract=reference
+        )
         fields["kernel_drift"] = math.sqrt(drift_sq / reference_sq) if reference_sq > 0 else None
         if drift_sq == 0:
             fields["kernel_drift_op"] = 0.0
         else:
             result = lanczos.lanczos(
-                lambda v: workspace @ v,
+                _symmetric_product(workspace),
                 _start(size, rng),
                 which="largest_magnitude",
                 stage="kernel drift",
@@ -253,45 +310,45 @@ def _host_statistics(
             fields["kernel_drift_op"] = abs(result.value)
             iterations["kernel_drift_op"] = result.iterations
             converged &= result.converged
-    _fill(workspace, matrix, scale, should_stop, "kernel statistics")
-    diagonal = np.diagonal(workspace)
-    trace = float(np.sum(diagonal))
-    if not np.all(np.isfinite(diagonal)) or not math.isfinite(
-        _squared_norm(workspace, should_stop, "kernel statistics")
-    ):
-        raise ValueError(
-            f"{_CALLER}: the kernel contains NaN or inf entries; expected a finite matrix. "
-            "Check the model's outputs (a diverged run gives non-finite kernels)."
-        )
-    rtol = spectrum.default_psd_rtol(matrix.dtype, size)
-    if full_spectrum:
-        interrupt.check(should_stop, "eigvalsh")
-        eigenvalues = scipy.linalg.eigh(
-            workspace, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd"
-        )
-        lambda_min, lambda_max = float(eigenvalues[0]), float(eigenvalues[-1])
-        method = "eigvalsh"
-    else:
-        eigenvalues = None
-        top = lanczos.lanczos(
-            lambda v: workspace @ v,
-            _start(size, rng),
-            which="largest",
-            stage="lambda_max",
-            **solve,
-        )
-        lambda_max = top.value
-        iterations["lambda_max"] = top.iterations
-        converged &= top.converged
-        lambda_min, bottom, method = _host_lambda_min(
-            workspace, matrix, scale, lambda_max, rtol, rng, should_stop, solve
-        )
-        if bottom is not None:
-            iterations["lambda_min"] = bottom.iterations
-            converged &= bottom.converged
-        if method == "eigvalsh":
-            eigenvalues = None  # a fallback, not asked for
-    _warn_if_not_psd(lambda_min, lambda_max, rtol)
+    lambda_min = lambda_max = trace = eigenvalues = method = None
+    if full_spectrum or "lambda_min" in quantities or "lambda_max" in quantities:
+        squared, _ = _fill(workspace, matrix, scale, should_stop, "kernel statistics")
+        trace = float(np.sum(np.diagonal(workspace)))
+        if not (math.isfinite(squared) and math.isfinite(trace)):
+            raise ValueError(
+                f"{_CALLER}: the kernel contains NaN or inf entries; expected a finite "
+                "matrix. Check the model's outputs (a diverged run gives non-finite kernels)."
+            )
+        rtol = spectrum.default_psd_rtol(matrix.dtype, size)
+        if full_spectrum:
+            interrupt.check(should_stop, "eigvalsh")
+            eigenvalues = _eigenvalues_in_place(workspace)
+            lambda_min, lambda_max = float(eigenvalues[0]), float(eigenvalues[-1])
+            method = "eigvalsh"
+        if not full_spectrum and "lambda_max" in quantities:
+            top = lanczos.lanczos(
+                _symmetric_product(workspace),
+                _start(size, rng),
+                which="largest",
+                stage="lambda_max",
+                **solve,
+            )
+            lambda_max = top.value
+            iterations["lambda_max"] = top.iterations
+            converged &= top.converged
+        if not full_spectrum and "lambda_min" in quantities:
+            # ‖K‖_F >= λ_max scales the Cholesky shifts when λ_max was not asked for.
+            bound = math.sqrt(squared) if lambda_max is None else lambda_max
+            lambda_min, bottom, method = _host_lambda_min(
+                workspace, matrix, scale, bound, rtol, rng, should_stop, solve
+            )
+            if bottom is not None:
+                iterations["lambda_min"] = bottom.iterations
+                converged &= bottom.converged
+        if lambda_min is not None:
+            _warn_if_not_psd(
+                lambda_min, math.sqrt(squared) if lambda_max is None else lambda_max, rtol
+            )
     return finish(
         lambda_min,
         lambda_max,
@@ -329,9 +386,7 @@ def _host_lambda_min(workspace, matrix, scale, lambda_max, rtol, rng, should_sto
             return shift + 1.0 / result.value, result, "cholesky"
         _fill(workspace, matrix, scale, should_stop, "kernel statistics")
     interrupt.check(should_stop, "eigvalsh")
-    eigenvalues = scipy.linalg.eigh(
-        workspace, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evd"
-    )
+    eigenvalues = _eigenvalues_in_place(workspace)
     return float(eigenvalues[0]), None, "eigvalsh"
 
 

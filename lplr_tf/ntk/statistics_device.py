@@ -93,6 +93,7 @@ def device_statistics(
     *,
     scale,
     full_spectrum,
+    quantities,
     tolerance,
     max_iterations,
     seed,
@@ -110,8 +111,9 @@ def device_statistics(
     starts = iter(
         tf.random.stateless_normal((size,), seed=[seed, k], dtype=_DTYPE) for k in range(8)
     )
+    lambda_min = lambda_max = trace = eigenvalues = method = None
     with tf.device(kernel.device or None):
-        if kernel0 is not None:
+        if "kernel_drift" in quantities:
             interrupt.check(should_stop, "kernel drift")
             difference, drift_sq, reference_sq = functions.difference(
                 kernel, tf.convert_to_tensor(kernel0), scale_t
@@ -131,54 +133,44 @@ def device_statistics(
                 iterations["kernel_drift_op"] = int(result["iterations"])
                 converged &= bool(result["converged"])
             del difference
-        interrupt.check(should_stop, "kernel statistics")
-        matrix, trace, squared = functions.prepare(kernel, scale_t)
-        if not (math.isfinite(float(trace)) and math.isfinite(float(squared))):
-            raise ValueError(
-                "kernel_statistics: the kernel contains NaN or inf entries; expected a finite "
-                "matrix. Check the model's outputs (a diverged run gives non-finite kernels)."
-            )
-        rtol = spectrum.default_psd_rtol(kernel.dtype.as_numpy_dtype, size)
-        eigenvalues = None
-        if full_spectrum:
-            interrupt.check(should_stop, "eigvalsh")
-            eigenvalues = functions.eigenvalues(matrix).numpy()
-            lambda_min, lambda_max, method = (
-                float(eigenvalues[0]),
-                float(eigenvalues[-1]),
-                "eigvalsh",
-            )
-        else:
-            interrupt.check(should_stop, "lambda_max")
-            top = functions.extreme(matrix, next(starts), tolerance, "largest", m)
-            lambda_max = float(top["value"])
-            iterations["lambda_max"] = int(top["iterations"])
-            converged &= bool(top["converged"])
-            lambda_min, method = None, "eigvalsh"
-            scale_max = max(abs(lambda_max), np.finfo(np.float64).tiny)
-            for shift in (-size * np.finfo(np.float64).eps * scale_max, -2.0 * rtol * scale_max):
-                interrupt.check(should_stop, "cholesky")
-                try:
-                    factor, ok = functions.cholesky(matrix, tf.constant(shift, _DTYPE))
-                    ok = bool(ok)
-                except tf.errors.InvalidArgumentError:  # TF's CPU kernel raises; GPU/XLA: NaN
-                    ok = False
-                if ok:
-                    interrupt.check(should_stop, "lambda_min")
-                    bottom = functions.inverse_extreme(factor, next(starts), tolerance, m)
-                    lambda_min = shift + 1.0 / float(bottom["value"])
+        if full_spectrum or "lambda_min" in quantities or "lambda_max" in quantities:
+            interrupt.check(should_stop, "kernel statistics")
+            matrix, trace, squared = functions.prepare(kernel, scale_t)
+            trace, squared = float(trace), float(squared)
+            if not (math.isfinite(trace) and math.isfinite(squared)):
+                raise ValueError(
+                    "kernel_statistics: the kernel contains NaN or inf entries; expected a "
+                    "finite matrix. Check the model's outputs (a diverged run gives "
+                    "non-finite kernels)."
+                )
+            rtol = spectrum.default_psd_rtol(kernel.dtype.as_numpy_dtype, size)
+            if full_spectrum:
+                interrupt.check(should_stop, "eigvalsh")
+                eigenvalues = functions.eigenvalues(matrix).numpy()
+                lambda_min, lambda_max = float(eigenvalues[0]), float(eigenvalues[-1])
+                method = "eigvalsh"
+            if not full_spectrum and "lambda_max" in quantities:
+                interrupt.check(should_stop, "lambda_max")
+                top = functions.extreme(matrix, next(starts), tolerance, "largest", m)
+                lambda_max = float(top["value"])
+                iterations["lambda_max"] = int(top["iterations"])
+                converged &= bool(top["converged"])
+            if not full_spectrum and "lambda_min" in quantities:
+                bound = math.sqrt(squared) if lambda_max is None else lambda_max
+                lambda_min, bottom, method = _lambda_min(
+                    functions, matrix, bound, rtol, next(starts), tolerance, m, should_stop
+                )
+                if bottom is not None:
                     iterations["lambda_min"] = int(bottom["iterations"])
                     converged &= bool(bottom["converged"])
-                    method = "cholesky"
-                    break
-            if lambda_min is None:
-                interrupt.check(should_stop, "eigvalsh")
-                lambda_min = float(functions.eigenvalues(matrix)[0])
-    host._warn_if_not_psd(lambda_min, lambda_max, rtol)
+            if lambda_min is not None:
+                host._warn_if_not_psd(
+                    lambda_min, math.sqrt(squared) if lambda_max is None else lambda_max, rtol
+                )
     return host.finish(
         lambda_min,
         lambda_max,
-        float(trace),
+        trace,
         eigenvalues=eigenvalues,
         iterations=iterations,
         converged=bool(converged),
@@ -186,3 +178,22 @@ def device_statistics(
         backend="device",
         **fields,
     )
+
+
+def _lambda_min(functions, matrix, bound, rtol, start, tolerance, m, should_stop):
+    """λ_min by shift-invert Lanczos on a device Cholesky factor (shifts as on the host)."""
+    size = int(matrix.shape[0])
+    bound = max(abs(bound), np.finfo(np.float64).tiny)
+    for shift in (-size * np.finfo(np.float64).eps * bound, -2.0 * rtol * bound):
+        interrupt.check(should_stop, "cholesky")
+        try:
+            factor, ok = functions.cholesky(matrix, tf.constant(shift, _DTYPE))
+            ok = bool(ok)
+        except tf.errors.InvalidArgumentError:  # TF's CPU kernel raises; GPU/XLA: NaN
+            ok = False
+        if ok:
+            interrupt.check(should_stop, "lambda_min")
+            bottom = functions.inverse_extreme(factor, start, tolerance, m)
+            return shift + 1.0 / float(bottom["value"]), bottom, "cholesky"
+    interrupt.check(should_stop, "eigvalsh")
+    return float(functions.eigenvalues(matrix)[0]), None, "eigvalsh"
