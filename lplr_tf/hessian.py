@@ -216,6 +216,7 @@ class SharpnessSolver:
                 which="largest",
                 tolerance=tolerance,
                 max_iterations=self.max_iterations,
+                static_shapes=jit_compile,
             )
             if warm_start:
                 self._start.assign(result["vector"])
@@ -245,7 +246,7 @@ def measure_sharpness(
     y,
     *,
     tolerance=1e-5,
-    max_iterations=40,
+    max_iterations=24,
     warm_start=True,
     seed=0,
     jit_compile=False,

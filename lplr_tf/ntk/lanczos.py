@@ -2,8 +2,9 @@
 
 Used for the NTK (matrix-vector products with K, K − K₀, and (K − σI)⁻¹ through a Cholesky
 factor) and for the loss Hessian (Hessian-vector products). The Krylov basis is fully
-re-orthogonalized (twice, classical Gram–Schmidt), which is affordable because the number
-of iterations is small (tens) and makes the Ritz values reliable without restarts.
+re-orthogonalized (classical Gram–Schmidt, repeated when it cancelled much of the vector),
+which is affordable because the number of iterations is small (tens) and makes the Ritz
+values reliable without restarts.
 
 Three implementations of the same iteration:
 
@@ -161,7 +162,9 @@ def lanczos(
         interrupt.check(should_stop, stage)
         w = np.asarray(matvec(basis[k]), dtype=np.float64).reshape(dim)
         alphas.append(float(basis[k] @ w))
-        for _ in range(2):
+        norm_before = np.linalg.norm(w)
+        w -= basis[: k + 1].T @ (basis[: k + 1] @ w)
+        if np.linalg.norm(w) < 0.7 * norm_before:  # DGKS: once more when much cancelled
             w -= basis[: k + 1].T @ (basis[: k + 1] @ w)
         beta = float(np.linalg.norm(w))
         values, vectors = np.linalg.eigh(_tridiagonal(alphas, betas))
@@ -199,13 +202,17 @@ def lanczos(
     )
 
 
-def lanczos_graph(matvec, start, *, which, tolerance, max_iterations):
+def lanczos_graph(matvec, start, *, which, tolerance, max_iterations, static_shapes=False):
     """The Lanczos iteration as a tf.while_loop; call inside a tf.function.
 
-    Shapes are static (XLA-compilable): the basis is a preallocated (m + 1, d) tensor and
-    the tridiagonal matrix is m × m, its unused diagonal padded with α₀ (a Rayleigh quotient
+    The tridiagonal matrix is m × m, its unused diagonal padded with α₀ (a Rayleigh quotient
     of every T_k, so the padding lies inside [ritz_min, ritz_max] and never becomes an
-    extreme) and its unused off-diagonal with zeros.
+    extreme) and its unused off-diagonal with zeros. The Krylov basis is a TensorArray
+    that grows by one vector per iteration, and iteration k re-orthogonalizes against its
+    k vectors only; with `static_shapes` (for XLA, which needs them) it is a preallocated
+    (m + 1, d) tensor, zero beyond k, re-orthogonalized against in full: m·d work per
+    iteration instead of k·d (for a Hessian with d = 3·10⁵ and m = 24 that is measurable on
+    a CPU, not on a GPU).
 
     Args:
       matvec: Traceable callable, (d,) tensor → (d,) tensor of start's dtype.
@@ -213,6 +220,7 @@ def lanczos_graph(matvec, start, *, which, tolerance, max_iterations):
       which: "largest", "smallest" or "largest_magnitude" (Python string, static).
       tolerance: Scalar tensor or float, relative tolerance of the convergence test.
       max_iterations: Python int m >= 1 (static; capped at d when d is static).
+      static_shapes: Use only static shapes (set it when the caller is XLA-compiled).
 
     Returns:
       Dict of tensors: value, ritz_min, ritz_max, error_estimate (start's dtype),
@@ -224,9 +232,19 @@ def lanczos_graph(matvec, start, *, which, tolerance, max_iterations):
     m = int(max_iterations if dim is None else min(max_iterations, dim))
     tolerance = tf.cast(tolerance, dtype)
     index = tf.range(m)
-    basis0 = tf.concat(
-        [(start / tf.norm(start))[None], tf.zeros((m, tf.shape(start)[0]), dtype)], 0
-    )
+    unit = start / tf.norm(start)
+    if static_shapes:
+        basis0 = tf.concat([unit[None], tf.zeros((m, tf.shape(start)[0]), dtype)], 0)
+        read = lambda basis, k: basis[k]
+        prefix = lambda basis, k: basis
+        write = lambda basis, k, v: tf.tensor_scatter_nd_update(basis, [[k]], [v])
+    else:
+        basis0 = tf.TensorArray(
+            dtype, size=m + 1, element_shape=start.shape, clear_after_read=False
+        ).write(0, unit)
+        read = lambda basis, k: basis.read(k)
+        prefix = lambda basis, k: basis.gather(tf.range(k + 1))
+        write = lambda basis, k, v: basis.write(k, v)
     zeros = tf.zeros((m,), dtype)
     nothing = tf.constant(0.0, dtype)
     tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
@@ -240,11 +258,16 @@ def lanczos_graph(matvec, start, *, which, tolerance, max_iterations):
         return tf.linalg.eigh(tridiagonal)
 
     def body(k, basis, alphas, betas, previous, done, estimate):
-        q = basis[k]
+        q = read(basis, k)
         w = matvec(q)
         alpha = tf.tensordot(q, w, 1)
-        for _ in range(2):
-            w -= tf.linalg.matvec(basis, tf.linalg.matvec(basis, w), transpose_a=True)
+        known = prefix(basis, k)
+        project = lambda w: w - tf.linalg.matvec(known, tf.linalg.matvec(known, w), True)
+        norm_before = tf.norm(w)
+        w = project(w)
+        # A second pass only when the first cancelled much of w (the DGKS criterion):
+        # "twice is enough", once is when little was removed.
+        w = tf.cond(tf.norm(w) < 0.7 * norm_before, lambda: project(w), lambda: w)
         beta = tf.norm(w)
         alphas = tf.tensor_scatter_nd_update(alphas, [[k]], [alpha])
         betas = tf.tensor_scatter_nd_update(betas, [[k]], [beta])
@@ -262,7 +285,7 @@ def lanczos_graph(matvec, start, *, which, tolerance, max_iterations):
         done = breakdown | (settled & (estimate <= tolerance * tf.abs(value)))
         estimate = tf.where(breakdown, nothing, estimate)
         next_q = w / tf.where(beta > 0, beta, tf.ones_like(beta))
-        basis = tf.tensor_scatter_nd_update(basis, [[k + 1]], [next_q])
+        basis = write(basis, k + 1, next_q)
         return k + 1, basis, alphas, betas, value, done, estimate
 
     k, basis, alphas, betas, _, done, estimate = tf.while_loop(
@@ -275,7 +298,8 @@ def lanczos_graph(matvec, start, *, which, tolerance, max_iterations):
     top = _top_selected(values, which)
     column = tf.where(top, vectors[:, -1], vectors[:, 0])
     column = tf.where(index < k, column, tf.zeros_like(column))
-    vector = tf.linalg.matvec(basis[:m], column, transpose_a=True)
+    used = basis[:m] if static_shapes else basis.gather(tf.range(k))
+    vector = tf.linalg.matvec(used, column if static_shapes else column[:k], transpose_a=True)
     return {
         "value": tf.where(top, values[-1], values[0]),
         "ritz_min": values[0],

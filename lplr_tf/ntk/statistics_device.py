@@ -27,7 +27,8 @@ class DeviceFunctions:
     """The compiled pieces, one tf.function each (traced per shape and static option)."""
 
     def __init__(self, jit_compile):
-        compile_ = lambda fn: tf.function(fn, jit_compile=jit_compile)
+        compile_ = lambda fn: tf.function(fn, jit_compile=jit_compile, reduce_retracing=True)
+        self._static = jit_compile
         self.prepare = compile_(self._prepare)
         self.difference = compile_(self._difference)
         self.extreme = compile_(self._extreme)
@@ -56,14 +57,14 @@ class DeviceFunctions:
             tf.reduce_sum(tf.square(reference)),
         )
 
-    @staticmethod
-    def _extreme(matrix, start, tolerance, which, max_iterations):
+    def _extreme(self, matrix, start, tolerance, which, max_iterations):
         return lanczos.lanczos_graph(
             lambda v: tf.linalg.matvec(matrix, v),
             start,
             which=which,
             tolerance=tolerance,
             max_iterations=max_iterations,
+            static_shapes=self._static,
         )
 
     @staticmethod
@@ -73,14 +74,14 @@ class DeviceFunctions:
         diagonal = tf.linalg.diag_part(factor)
         return factor, tf.reduce_all(tf.math.is_finite(diagonal) & (diagonal > 0))
 
-    @staticmethod
-    def _inverse_extreme(factor, start, tolerance, max_iterations):
+    def _inverse_extreme(self, factor, start, tolerance, max_iterations):
         return lanczos.lanczos_graph(
             lambda v: tf.linalg.cholesky_solve(factor, v[:, None])[:, 0],
             start,
             which="largest",
             tolerance=tolerance,
             max_iterations=max_iterations,
+            static_shapes=self._static,
         )
 
 
