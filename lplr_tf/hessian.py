@@ -180,7 +180,7 @@ class SharpnessResult:
 class SharpnessSolver:
     """Warm-started, compiled Lanczos for λ_max(∇²L) of one model.
 
-    Holds the start vector of the next solve (a float64 tf.Variable of shape (P,)): at first
+    Holds the start vector of the next solve (a tf.Variable of shape (P,)): at first
     a seeded random unit vector, then the previous solve's top Ritz vector plus a small
     random component (`warm_start_noise` of its norm) so that an eigenvector that rises
     past the previous top one is still found.
@@ -190,19 +190,31 @@ class SharpnessSolver:
       max_iterations: Cap on Hessian-vector products per solve (static: part of the graph).
       seed: Seed of the random start and of the noise.
       jit_compile: XLA-compile the solve.
-      warm_start_noise: Relative size of the random component added to the warm start.
+      warm_start_noise: Relative size of the random component added to the warm start
+        (0.1 measured fewest products over the demo run: 3.6 per probe against 4.8 for 0).
+      krylov_dtype: dtype of the Lanczos vectors (see measure_sharpness).
     """
 
-    def __init__(self, model, *, max_iterations, seed=0, jit_compile=False, warm_start_noise=0.1):
+    def __init__(
+        self,
+        model,
+        *,
+        max_iterations,
+        seed=0,
+        jit_compile=False,
+        warm_start_noise=0.1,
+        krylov_dtype="float32",
+    ):
         model_ref = weakref.ref(model)
         variables = _trainable(model, "measure_sharpness")
         self.dim = int(sum(int(v.shape.num_elements()) for v in variables))
         self.max_iterations = int(max_iterations)
         rng = np.random.default_rng(seed)
         noise = rng.standard_normal(self.dim)
-        self._noise = tf.constant(noise / np.linalg.norm(noise) * warm_start_noise)
+        dtype = tf.as_dtype(krylov_dtype)
+        self._noise = tf.constant(noise / np.linalg.norm(noise) * warm_start_noise, dtype)
         first = rng.standard_normal(self.dim)
-        self._random_start = tf.constant(first / np.linalg.norm(first))
+        self._random_start = tf.constant(first / np.linalg.norm(first), dtype)
         self._start = tf.Variable(self._random_start, trainable=False)
         self._warm = tf.Variable(False, trainable=False)
 
@@ -231,7 +243,7 @@ class SharpnessSolver:
 
     def __call__(self, x, y, *, tolerance, warm_start=True):
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-        result = self._solve(x, y, tf.constant(float(tolerance), tf.float64), bool(warm_start))
+        result = self._solve(x, y, tf.constant(float(tolerance)), bool(warm_start))
         return SharpnessResult(
             value=float(result["value"]),
             iterations=int(result["iterations"]),
@@ -250,6 +262,7 @@ def measure_sharpness(
     warm_start=True,
     seed=0,
     jit_compile=False,
+    krylov_dtype="float32",
 ):
     """Sharpness β = λ_max(∇²L(θ)) by compiled, warm-started Lanczos (see module docstring).
 
@@ -263,6 +276,11 @@ def measure_sharpness(
         False: a fixed seeded random start, no state change.
       seed: Seed of the solver's random start (used when the solver is first built).
       jit_compile: XLA-compile the whole solve.
+      krylov_dtype: dtype of the Krylov vectors and the tridiagonal problem. float32 (the
+        default) halves the memory traffic of the P-dimensional vector work, which was ~30%
+        of a solve on a CPU at n = 256–1024 for P = 3·10⁵, and agreed with the float64
+        20-iteration reference to 3e-6 relative (the target is 1e-4); "float64" is there
+        for tighter tolerances.
 
     Returns:
       SharpnessResult (value, iterations, converged, error_estimate).
@@ -272,13 +290,17 @@ def measure_sharpness(
             f"measure_sharpness: tolerance={tolerance!r}, max_iterations={max_iterations!r}; "
             "expected 0 < tolerance < 1 and max_iterations >= 1."
         )
-    key = ("hessian", "sharpness", int(max_iterations), bool(jit_compile), seed)
+    key = ("hessian", "sharpness", int(max_iterations), bool(jit_compile), seed, krylov_dtype)
     key += (cache.variables_key(model),)
     solver = cache.cached(
         model,
         key,
         lambda: SharpnessSolver(
-            model, max_iterations=max_iterations, seed=seed, jit_compile=jit_compile
+            model,
+            max_iterations=max_iterations,
+            seed=seed,
+            jit_compile=jit_compile,
+            krylov_dtype=krylov_dtype,
         ),
     )
     return solver(x, y, tolerance=tolerance, warm_start=warm_start)

@@ -15,7 +15,9 @@ In one process, side by side (interleaved rounds, median over rounds):
     weights: a GD step is taken between rounds);
   - probe: the whole probe as the recorder composes it: NTK → kernel_statistics(K, K₀)
     → sharpness (warm);
-  - floor: NTK + one float64 eigvalsh of K (NumPy on the host; TF on a GPU);
+  - floor: NTK + one float64 eigvalsh of K (NumPy on the host; TF on a GPU), timed with
+    the process's BLAS threads and with one thread, the faster of the two counting (the
+    probe's host solves use one thread up to 4096 rows: see ntk.statistics);
   - old: today's path before this change (NTK as a tensor, float64 copy, eigvalsh, ‖K −
     K₀‖₂ by a full SVD, ‖K − K₀‖_F, and 20 host-side Lanczos iterations from a cold start).
   Ratios: probe/floor (target <= 1.5), old/probe (the speedup), probe/gd_step.
@@ -33,6 +35,7 @@ The oneDNN setting (TF_ENABLE_ONEDNN_OPTS and what TF reports) is printed and re
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import platform
@@ -49,6 +52,7 @@ import tensorflow as tf  # noqa: E402
 from lplr_tf import hessian, ntk  # noqa: E402
 from lplr_tf.data import digits  # noqa: E402
 from lplr_tf.models import fc  # noqa: E402
+from lplr_tf.ntk import statistics as ntk_statistics  # noqa: E402
 
 GPU = bool(tf.config.list_logical_devices("GPU"))
 
@@ -122,8 +126,11 @@ class Problem:
         stats = self.statistics(kernel)
         return stats, self.sharpness()
 
-    def floor(self):
+    def floor(self, single_thread=False):
         kernel = self.ntk()
+        if single_thread:
+            with ntk_statistics._BLAS.limit(limits=1, user_api="blas"):
+                return float(np.linalg.eigvalsh(kernel.astype(np.float64) / self.n)[0])
         if GPU:
             k64 = tf.cast(kernel, tf.float64) / self.n
             return float(tf.linalg.eigvalsh(0.5 * (k64 + tf.transpose(k64)))[0])
@@ -162,8 +169,10 @@ def bench_random(n, repeats, old_repeats, skip_old, seed=0):
         "kernel_drift": lambda: problem.statistics(kernel, ["kernel_drift"]),
         "sharpness": problem.sharpness,
         "probe": problem.probe,
-        "floor": problem.floor,
+        "floor_blas_threads": problem.floor,
     }
+    if not GPU:
+        parts["floor_one_thread"] = lambda: problem.floor(single_thread=True)
     if not skip_old:
         parts["old"] = problem.old
     for fn in parts.values():  # warm-up: traces, first touches
@@ -179,6 +188,7 @@ def bench_random(n, repeats, old_repeats, skip_old, seed=0):
         problem.gd_step()  # the next probe is at new weights (warm start across probes)
     row = {"case": "fc_random", "n": n, "num_outputs": 1, "kernel_rows": n}
     row.update({f"{name}_s": statistics.median(ts) for name, ts in times.items()})
+    row["floor_s"] = min(row["floor_blas_threads_s"], row.get("floor_one_thread_s", math.inf))
     stats, sharp = last["probe"]
     row.update(
         {
@@ -224,7 +234,7 @@ def bench_digits(n):
         "probe_peak_rss_bytes": peak,
         "rss_before_probe_bytes": start_rss,
         "estimate_total_bytes": estimate.total,
-        "estimate": {k: v for k, v in vars(estimate).items()},
+        "estimate": dict(vars(estimate)),
         "lambda_min": stats.lambda_min,
         "lambda_max": stats.lambda_max,
         "kernel_drift": stats.kernel_drift,
