@@ -113,7 +113,10 @@ def device_statistics(
         tf.random.stateless_normal((size,), seed=[seed, k], dtype=_DTYPE) for k in range(8)
     )
     lambda_min = lambda_max = trace = eigenvalues = method = None
-    with tf.device(kernel.device or None):
+    # On the kernel's GPU; a host tensor (backend="device" asked for explicitly) goes to the
+    # default device, TF's first GPU when there is one.
+    device = kernel.device if "GPU" in (kernel.device or "").upper() else None
+    with tf.device(device):
         if "kernel_drift" in quantities:
             interrupt.check(should_stop, "kernel drift")
             difference, drift_sq, reference_sq = functions.difference(
