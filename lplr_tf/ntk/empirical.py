@@ -116,7 +116,13 @@ class NTKEngine:
         n1 = int(x1.shape[0])
         n2 = n1 if x2 is None else int(x2.shape[0])
         n = max(n1, n2)
-        budget = memory_budget_bytes or memory.memory_budget()
+        on_gpu = (
+            any("GPU" in d.upper() for d in devices)
+            if devices
+            else bool(tf.config.list_logical_devices("GPU"))
+        )
+        on_host = as_numpy or not on_gpu
+        budget = memory_budget_bytes or memory.memory_budget(device=None if on_host else "GPU:0")
         output = self.output_bytes(n1, n2)
         if output >= budget:
             raise memory.MemoryBudgetError(
@@ -143,11 +149,6 @@ class NTKEngine:
             return kernel.numpy() if as_numpy else kernel
         # Keep the column blocks' features when all of them fit in half the working budget.
         keep = 2 * n * self.bytes_per_example <= budget - output
-        on_gpu = (
-            any("GPU" in d.upper() for d in devices)
-            if devices
-            else bool(tf.config.list_logical_devices("GPU"))
-        )
         kernel = blocking.assemble(
             self.features,
             self.contract,
@@ -158,7 +159,7 @@ class NTKEngine:
             keep,
             devices,
             should_stop=should_stop,
-            on_host=as_numpy or not on_gpu,
+            on_host=on_host,
         )
         if as_numpy:
             return kernel
