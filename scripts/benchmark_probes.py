@@ -48,13 +48,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import threadpoolctl  # noqa: E402
 
 from lplr_tf import hessian, ntk  # noqa: E402
 from lplr_tf.data import digits  # noqa: E402
 from lplr_tf.models import fc  # noqa: E402
-from lplr_tf.ntk import statistics as ntk_statistics  # noqa: E402
 
 GPU = bool(tf.config.list_logical_devices("GPU"))
+BLAS = threadpoolctl.ThreadpoolController()  # once: a scan of the loaded libraries
 
 
 def onednn_enabled():
@@ -129,7 +130,7 @@ class Problem:
     def floor(self, single_thread=False):
         kernel = self.ntk()
         if single_thread:
-            with ntk_statistics._BLAS.limit(limits=1, user_api="blas"):
+            with BLAS.limit(limits=1, user_api="blas"):
                 return float(np.linalg.eigvalsh(kernel.astype(np.float64) / self.n)[0])
         if GPU:
             k64 = tf.cast(kernel, tf.float64) / self.n

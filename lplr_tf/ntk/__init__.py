@@ -10,12 +10,12 @@ A library with no gin and no files: call it on any Keras model and batch.
 Modules: `empirical` (API, dispatch), `structured` (layer-wise contraction), `per_example`
 (per-example conv/BN/sequence-dense gradients for it), `jacobian` (general per-example
 Jacobians), `matfree` (NTK-vector products, Lanczos), `blocking` (memory- and time-bounded
-block assembly), `statistics` and `statistics_device` (λ_min by Cholesky + shift-invert
-Lanczos, λ_max and drift by Lanczos, on the host or the device), `cholesky` (blocked
-in-place factorization), `lanczos` (host and compiled Lanczos), `spectrum` (full float64
-eigensolve), `linearized` (kernel-regime residuals), `memory` (probe memory estimate and
-budget), `interrupt` (should_stop), `cache` (the per-model cache of compiled functions),
-`common` (input checks, TF32 policy).
+block assembly), `statistics` (λ_min by Cholesky + shift-invert Lanczos, λ_max and drift
+by Lanczos; its backends `statistics_host` and `statistics_device`, its record
+`statistics_result`), `cholesky` (blocked in-place factorization), `lanczos` (host and
+compiled Lanczos), `spectrum` (full float64 eigensolve), `linearized` (kernel-regime
+residuals), `memory` (probe memory estimate and budget), `interrupt` (should_stop),
+`cache` (the per-model cache of compiled functions), `common` (input checks, TF32 policy).
 """
 
 from lplr_tf.ntk.common import tf32_disabled

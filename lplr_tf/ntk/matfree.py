@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from lplr_tf.ntk import cache, common, interrupt, lanczos, spectrum
-from lplr_tf.ntk import statistics as kernel_stats
+from lplr_tf.ntk.statistics_result import finish
 
 _CALLER = "ntk_vector_product"
 # Quantities of the matrix-free path that are estimates, not exact to tolerance.
@@ -248,7 +248,7 @@ def matrix_free_statistics(
             **solve,
         )
         trace = _hutchinson_trace(functions, x, num_outputs, num_probes, rng, block_size)
-    return kernel_stats.finish(
+    return finish(
         min(bottom.value, top.ritz_min),
         top.value,
         trace * float(scale),

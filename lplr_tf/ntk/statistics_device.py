@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from lplr_tf.ntk import interrupt, lanczos, spectrum
-from lplr_tf.ntk import statistics as host
+from lplr_tf.ntk.statistics_result import finish, warn_if_not_psd
 
 _DTYPE = tf.float64
 
@@ -168,10 +168,10 @@ def device_statistics(
                     iterations["lambda_min"] = int(bottom["iterations"])
                     converged &= bool(bottom["converged"])
             if lambda_min is not None:
-                host._warn_if_not_psd(
+                warn_if_not_psd(
                     lambda_min, math.sqrt(squared) if lambda_max is None else lambda_max, rtol
                 )
-    return host.finish(
+    return finish(
         lambda_min,
         lambda_max,
         trace,
