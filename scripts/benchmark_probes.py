@@ -25,10 +25,13 @@ In one process, side by side (interleaved rounds, median over rounds):
   FC 64-512-512-10: K₀ at initialization, one GD step, then the whole probe once, with its
   parts, wall time and the peak resident memory of the probe (VmHWM, reset through
   /proc/self/clear_refs before it; targets < 3 min and < 8 GiB), next to the estimate of
-  `probe_memory_bytes`.
-* The demo (`make demo`: digits 0/1, n = 64, FC 64-1024-1, η = 2.5): the sharpness every
-  50 steps up to step 900, Hessian-vector products per probe (target <= 10 on average)
-  and the largest relative deviation from the 20-iteration reference (target <= 1e-4).
+  `probe_memory_bytes`, and the longest time between two polls of `should_stop` (how long
+  an interrupt request can wait).
+* The demo (`make demo`: digits 0/1, n = 64, FC 64-1024-1, η = 2.5): a probe every 50
+  steps up to step 900 (NTK, statistics with K₀, sharpness), Hessian-vector products per
+  probe (target <= 10 on average), the largest relative deviation from the 20-iteration
+  reference (target <= 1e-4), and the loop's time with probes over its time without
+  (GD steps only; the recorder's own loss and gradient rows are not counted).
 
 The oneDNN setting (TF_ENABLE_ONEDNN_OPTS and what TF reports) is printed and recorded.
 """
@@ -85,6 +88,20 @@ def peak_rss_bytes():
     return None
 
 
+class PollClock:
+    """should_stop that never stops but records when it was polled (interrupt latency)."""
+
+    def __init__(self):
+        self.times = [time.perf_counter()]
+
+    def __call__(self):
+        self.times.append(time.perf_counter())
+        return False
+
+    def longest_gap(self):
+        return max(b - a for a, b in zip(self.times, self.times[1:]))
+
+
 class Problem:
     """A model, its data, a compiled SGD step, K₀ and the pieces of a probe."""
 
@@ -109,14 +126,18 @@ class Problem:
         hessian.measure_sharpness(model, xt, yt)  # the first probe: a cold start
         gd_step()
 
-    def ntk(self):
+    def ntk(self, should_stop=None):
         with ntk.tf32_disabled():
-            return ntk.empirical_ntk(self.model, self.x, as_numpy=not GPU)
+            return ntk.empirical_ntk(self.model, self.x, as_numpy=not GPU, should_stop=should_stop)
 
-    def statistics(self, kernel, quantities=None):
+    def statistics(self, kernel, quantities=None, should_stop=None):
         use_k0 = quantities is None or "kernel_drift" in quantities
         return ntk.kernel_statistics(
-            kernel, self.kernel0 if use_k0 else None, scale=1 / self.n, quantities=quantities
+            kernel,
+            self.kernel0 if use_k0 else None,
+            scale=1 / self.n,
+            quantities=quantities,
+            should_stop=should_stop,
         )
 
     def sharpness(self):
@@ -217,9 +238,11 @@ def bench_digits(n):
     estimate = ntk.probe_memory_bytes(problem.model, problem.x, "full", device=GPU)
     peak_rss_reset()
     start_rss = peak_rss_bytes()
-    kernel, ntk_s = timed(problem.ntk)
-    stats, stats_s = timed(lambda: problem.statistics(kernel))
-    sharp, sharp_s = timed(problem.sharpness)
+    clock = PollClock()
+    kernel, ntk_s = timed(lambda: problem.ntk(should_stop=clock))
+    stats, stats_s = timed(lambda: problem.statistics(kernel, should_stop=clock))
+    clock()
+    sharp, sharp_s = timed(problem.sharpness)  # one compiled call: no poll inside
     peak = peak_rss_bytes()
     gd_times = [timed(problem.gd_step)[1] for _ in range(3)]
     return {
@@ -232,6 +255,8 @@ def bench_digits(n):
         "statistics_s": stats_s,
         "sharpness_s": sharp_s,
         "probe_s": ntk_s + stats_s + sharp_s,
+        "should_stop_polls": len(clock.times) - 1,
+        "longest_gap_between_polls_s": max(clock.longest_gap(), sharp_s),
         "probe_peak_rss_bytes": peak,
         "rss_before_probe_bytes": start_rss,
         "estimate_total_bytes": estimate.total,
@@ -248,12 +273,10 @@ def bench_digits(n):
 
 
 def bench_demo(last_step, probe_every=50):
-    """HVPs per warm-started sharpness probe over the demo run, against the reference."""
+    """The demo's probes: sharpness HVPs against the reference, and probe time / step time."""
     data = digits(n=64, classes=(0, 1))
-    problem = Problem(64, 1, data.x, data.y, learning_rate=2.5, width=1024, depth=1)
-    model, x, y = problem.model, problem.x, problem.y
-    keras.utils.set_random_seed(0)
-    model = problem.model = fc.build_model((64,), 1, width=1024, depth=1)
+    model = fc.build_model((64,), 1, width=1024, depth=1)
+    x, y = tf.constant(data.x, tf.float32), tf.constant(data.y, tf.float32)
     optimizer = keras.optimizers.SGD(2.5)
 
     @tf.function(jit_compile=False)
@@ -264,22 +287,32 @@ def bench_demo(last_step, probe_every=50):
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
-    hvps, deviations, times = [], [], []
+    def probe(kernel0):
+        kernel = ntk.empirical_ntk(model, x, as_numpy=not GPU)
+        stats = ntk.kernel_statistics(kernel, kernel0, scale=1 / 64)
+        return kernel, stats, hessian.measure_sharpness(model, x, y)
+
+    hvps, deviations, probe_times, step_time, kernel0 = [], [], [], 0.0, None
     for t in range(last_step + 1):
         if t % probe_every == 0:
-            result, elapsed = timed(lambda: hessian.measure_sharpness(model, x, y))
+            (kernel, _, result), elapsed = timed(lambda k0=kernel0: probe(k0))
+            kernel0 = kernel if kernel0 is None else kernel0
             reference = hessian.sharpness(model, x, y)
             hvps.append(result.iterations)
             deviations.append(abs(result.value - reference) / abs(reference))
-            times.append(elapsed)
-        loss = step()
+            probe_times.append(elapsed)
+        loss, elapsed = timed(step)
+        step_time += elapsed
+    probe_time = sum(probe_times[1:])  # the first probe includes tracing
     return {
         "case": "demo_sharpness",
         "probes": len(hvps),
         "hvps_per_probe": hvps,
         "mean_hvps": float(np.mean(hvps)),
         "max_rel_deviation_vs_20_iterations": float(max(deviations)),
-        "median_sharpness_s": statistics.median(times),
+        "median_probe_s": statistics.median(probe_times[1:]),
+        "training_steps_s": step_time,
+        "loop_with_probes_over_without": (step_time + probe_time) / step_time,
         "final_loss": float(loss),
     }
 
@@ -352,7 +385,9 @@ def main():
         print(
             f"  NTK {d['ntk_s']:.1f} s, statistics {d['statistics_s']:.1f} s "
             f"({d['solver_iterations']}), sharpness {d['sharpness_s']:.2f} s "
-            f"({d['sharpness_hvps']} HVPs): probe {d['probe_s']:.1f} s; peak RSS "
+            f"({d['sharpness_hvps']} HVPs): probe {d['probe_s']:.1f} s, should_stop polled "
+            f"{d['should_stop_polls']} times, at most {d['longest_gap_between_polls_s']:.2f} s "
+            f"apart; peak RSS "
             f"{d['probe_peak_rss_bytes'] / 2**30:.2f} GiB (estimate "
             f"{d['estimate_total_bytes'] / 2**30:.2f} GiB above the "
             f"{d['rss_before_probe_bytes'] / 2**30:.2f} GiB before it); GD step "
@@ -370,7 +405,10 @@ def main():
         d = rows[-1]
         print(
             f"  HVPs per probe {d['hvps_per_probe']} (mean {d['mean_hvps']:.1f}); max relative "
-            f"deviation from 20 host iterations {d['max_rel_deviation_vs_20_iterations']:.1e}",
+            f"deviation from 20 host iterations {d['max_rel_deviation_vs_20_iterations']:.1e}; "
+            f"probe {d['median_probe_s'] * 1e3:.1f} ms (median, after the first); "
+            f"{d['probes'] - 1} probes over {d['training_steps_s']:.2f} s of GD steps: loop "
+            f"{d['loop_with_probes_over_without']:.2f}x its time without probes",
             flush=True,
         )
     print()
