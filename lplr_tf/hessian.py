@@ -191,7 +191,8 @@ class SharpnessSolver:
       seed: Seed of the random start and of the noise.
       jit_compile: XLA-compile the solve.
       warm_start_noise: Relative size of the random component added to the warm start
-        (0.1 measured fewest products over the demo run: 3.6 per probe against 4.8 for 0).
+        (over the demo run, 0, 0.01 and 0.1 all needed 3.3 products per probe on average;
+        the noise is there for robustness, not speed).
       krylov_dtype: dtype of the Lanczos vectors (see measure_sharpness).
     """
 

@@ -63,6 +63,30 @@ def test_matches_eigvalsh_svd_and_norms(backend, condition):
     assert stats.estimates == () and stats.eigenvalues is None
 
 
+@pytest.mark.parametrize("backend", ["host", "device"])
+def test_warm_start_from_the_previous_probe_needs_fewer_products(backend):
+    # Two probes of a slowly moving kernel, as in training: the second one starts from the
+    # first one's Ritz vectors and finds the same values as a cold start.
+    size = 200
+    kernel0 = constructed(size, 1e4, seed=10)
+    first = kernel0 + 1e-3 * constructed(size, 10.0, seed=11)
+    second = first + 1e-4 * constructed(size, 10.0, seed=12)
+    previous = kernel_statistics(first, kernel0, scale=1.0, backend=backend)
+    assert set(previous.vectors) == {"lambda_max", "lambda_min", "kernel_drift_op"}
+    cold = kernel_statistics(second, kernel0, scale=1.0, backend=backend)
+    warm = kernel_statistics(
+        second, kernel0, scale=1.0, backend=backend, start_vectors=previous.vectors
+    )
+    for name in ("lambda_min", "lambda_max", "kernel_drift_op"):
+        assert getattr(warm, name) == pytest.approx(getattr(cold, name), rel=1e-7), name
+    assert sum(warm.iterations.values()) < 0.7 * sum(cold.iterations.values())
+    # A start vector of another size (the probe set changed) falls back to a random one.
+    other = kernel_statistics(
+        first[:150, :150], scale=1.0, backend=backend, start_vectors=previous.vectors
+    )
+    assert other.lambda_min == pytest.approx(np.linalg.eigvalsh(first[:150, :150])[0], rel=1e-6)
+
+
 def test_device_functions_compile_with_xla_and_agree():
     size = 40
     kernel = constructed(size, 1e5, seed=3)

@@ -205,14 +205,16 @@ def lanczos(
 def lanczos_graph(matvec, start, *, which, tolerance, max_iterations, static_shapes=False):
     """The Lanczos iteration as a tf.while_loop; call inside a tf.function.
 
-    The tridiagonal matrix is m × m, its unused diagonal padded with α₀ (a Rayleigh quotient
-    of every T_k, so the padding lies inside [ritz_min, ritz_max] and never becomes an
-    extreme) and its unused off-diagonal with zeros. The Krylov basis is a TensorArray
-    that grows by one vector per iteration, and iteration k re-orthogonalizes against its
-    k vectors only; with `static_shapes` (for XLA, which needs them) it is a preallocated
-    (m + 1, d) tensor, zero beyond k, re-orthogonalized against in full: m·d work per
-    iteration instead of k·d (for a Hessian with d = 3·10⁵ and m = 24 that is measurable on
-    a CPU, not on a GPU).
+    The tridiagonal matrix is m × m (static), its unused off-diagonal zero and its unused
+    diagonal padded with a value beyond T_k's Gershgorin bound on the side away from the
+    extreme asked for, so that the padding is never the extreme nor its neighbour. (Padding
+    with α₀ instead, a Rayleigh quotient inside the spectrum, sits next to the top Ritz
+    value after a warm start and ruins its gap, hence its error estimate.) The Krylov
+    basis is a TensorArray that grows by one vector per iteration, and iteration k
+    re-orthogonalizes against its k vectors only; with `static_shapes` (for XLA, which
+    needs them) it is a preallocated (m + 1, d) tensor, zero beyond k, re-orthogonalized
+    against in full: m·d work per iteration instead of k·d (for a Hessian with d = 3·10⁵
+    and m = 24 that is measurable on a CPU, not on a GPU).
 
     Args:
       matvec: Traceable callable, (d,) tensor → (d,) tensor of start's dtype.
@@ -249,13 +251,45 @@ def lanczos_graph(matvec, start, *, which, tolerance, max_iterations, static_sha
     nothing = tf.constant(0.0, dtype)
     tiny = tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)
 
-    def ritz(alphas, betas, k):
-        diagonal = tf.where(index <= k, alphas, alphas[0])
-        off = tf.where(index < k, betas, tf.zeros_like(betas))[: m - 1]
-        tridiagonal = tf.linalg.diag(diagonal)
+    def padded_eigh(alphas, betas, k, low):
+        """eigh of T_k padded to m × m with a value below (low) or above its spectrum.
+
+        Gershgorin bounds the spectrum of T_k by ±(max|α| + 2·max|β|); the padding sits at
+        1.5 times that on the side away from the end asked for, so it is never an
+        extreme nor the extreme's neighbour.
+        """
+        real = index <= k
+        diagonal = tf.where(real, alphas, tf.zeros_like(alphas))
+        off = tf.where(index < k, betas, tf.zeros_like(betas))
+        bound = tf.reduce_max(tf.abs(diagonal)) + 2.0 * tf.reduce_max(tf.abs(off))
+        pad = -1.5 * bound if low else 1.5 * bound
+        tridiagonal = tf.linalg.diag(tf.where(real, diagonal, pad * tf.ones_like(diagonal)))
         if m > 1:
-            tridiagonal += tf.linalg.diag(off, k=1) + tf.linalg.diag(off, k=-1)
+            tridiagonal += tf.linalg.diag(off[: m - 1], k=1) + tf.linalg.diag(off[: m - 1], k=-1)
         return tf.linalg.eigh(tridiagonal)
+
+    def extremes(alphas, betas, k):
+        """The selected Ritz value, its inner neighbour, its eigenvector of T_k (length m,
+        zero beyond k), and the extreme Ritz values."""
+        ends = {}
+        if which in ("largest", "largest_magnitude"):
+            values, vectors = padded_eigh(alphas, betas, k, low=True)
+            ends["top"] = (values[m - 1], values[max(m - 2, 0)], vectors[:, m - 1])
+            ritz_min, ritz_max = tf.gather(values, m - 1 - k), values[m - 1]
+        if which in ("smallest", "largest_magnitude"):
+            values, vectors = padded_eigh(alphas, betas, k, low=False)
+            ends["bottom"] = (values[0], values[min(1, m - 1)], vectors[:, 0])
+            ritz_min, ritz_max = values[0], tf.gather(values, k)
+        if which == "largest_magnitude":
+            ritz_max = ends["top"][0]
+            top = tf.abs(ends["top"][0]) >= tf.abs(ends["bottom"][0])
+            value, neighbour, column = (
+                tf.where(top, a, b) for a, b in zip(ends["top"], ends["bottom"])
+            )
+        else:
+            value, neighbour, column = next(iter(ends.values()))
+        column = tf.where(index <= k, column, tf.zeros_like(column))
+        return value, neighbour, column, ritz_min, ritz_max
 
     def body(k, basis, alphas, betas, previous, done, estimate):
         q = read(basis, k)
@@ -271,15 +305,11 @@ def lanczos_graph(matvec, start, *, which, tolerance, max_iterations, static_sha
         beta = tf.norm(w)
         alphas = tf.tensor_scatter_nd_update(alphas, [[k]], [alpha])
         betas = tf.tensor_scatter_nd_update(betas, [[k]], [beta])
-        values, vectors = ritz(alphas, betas, k)
-        top = _top_selected(values, which)
-        value = tf.where(top, values[-1], values[0])
-        neighbour = tf.where(top, values[-2] if m > 1 else values[-1], values[1 if m > 1 else 0])
-        column = tf.where(top, vectors[:, -1], vectors[:, 0])
+        value, neighbour, column, ritz_min, ritz_max = extremes(alphas, betas, k)
         residual = beta * tf.abs(column[k])
         gap = tf.maximum(tf.abs(value - neighbour), tiny)
         estimate = tf.where(k > 0, tf.minimum(residual, tf.square(residual) / gap), residual)
-        scale = tf.maximum(tf.abs(values[0]), tf.abs(values[-1]))
+        scale = tf.maximum(tf.abs(ritz_min), tf.abs(ritz_max))
         breakdown = beta <= _BREAKDOWN * tf.maximum(scale, tiny)
         settled = (k > 0) & (tf.abs(value - previous) <= tolerance * tf.abs(value))
         done = breakdown | (settled & (estimate <= tolerance * tf.abs(value)))
@@ -294,26 +324,15 @@ def lanczos_graph(matvec, start, *, which, tolerance, max_iterations, static_sha
         (tf.constant(0), basis0, zeros, zeros, nothing, tf.constant(False), nothing),
         maximum_iterations=m,
     )
-    values, vectors = ritz(alphas, betas, k - 1)
-    top = _top_selected(values, which)
-    column = tf.where(top, vectors[:, -1], vectors[:, 0])
-    column = tf.where(index < k, column, tf.zeros_like(column))
+    value, _, column, ritz_min, ritz_max = extremes(alphas, betas, k - 1)
     used = basis[:m] if static_shapes else basis.gather(tf.range(k))
     vector = tf.linalg.matvec(used, column if static_shapes else column[:k], transpose_a=True)
     return {
-        "value": tf.where(top, values[-1], values[0]),
-        "ritz_min": values[0],
-        "ritz_max": values[-1],
+        "value": value,
+        "ritz_min": ritz_min,
+        "ritz_max": ritz_max,
         "iterations": k,
         "converged": done if dim is None else done | (k >= dim),
         "error_estimate": estimate,
         "vector": vector / tf.norm(vector),
     }
-
-
-def _top_selected(values, which):
-    if which == "largest":
-        return tf.constant(True)
-    if which == "smallest":
-        return tf.constant(False)
-    return values[-1] >= -values[0]

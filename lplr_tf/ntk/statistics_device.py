@@ -13,7 +13,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from lplr_tf.ntk import interrupt, lanczos, spectrum
+from lplr_tf.ntk import interrupt, lanczos, spectrum, statistics_host
 from lplr_tf.ntk.statistics_result import finish, warn_if_not_psd
 
 _DTYPE = tf.float64
@@ -100,6 +100,7 @@ def device_statistics(
     seed,
     should_stop,
     jit_compile,
+    start_vectors,
 ):
     """`kernel_statistics` with backend="device" (arguments as there)."""
     functions = _FUNCTIONS[bool(jit_compile)]
@@ -109,9 +110,16 @@ def device_statistics(
     tolerance = tf.constant(tolerance, _DTYPE)
     m = int(min(max_iterations, size))
     scale_t = tf.constant(scale, _DTYPE)
-    starts = iter(
-        tf.random.stateless_normal((size,), seed=[seed, k], dtype=_DTYPE) for k in range(8)
-    )
+    previous, vectors = dict(start_vectors or {}), {}
+
+    def start(name, k):
+        random = tf.random.stateless_normal((size,), seed=[seed, k], dtype=_DTYPE)
+        warm = previous.get(name)
+        if warm is None or tuple(warm.shape) != (size,):
+            return random
+        warm = tf.cast(warm, _DTYPE)
+        return warm / tf.norm(warm) + statistics_host.WARM_NOISE * random / tf.norm(random)
+
     lambda_min = lambda_max = trace = eigenvalues = method = None
     # On the kernel's GPU; a host tensor (backend="device" asked for explicitly) goes to the
     # default device, TF's first GPU when there is one.
@@ -131,8 +139,9 @@ def device_statistics(
             else:
                 interrupt.check(should_stop, "kernel drift")
                 result = functions.extreme(
-                    difference, next(starts), tolerance, "largest_magnitude", m
+                    difference, start("kernel_drift_op", 0), tolerance, "largest_magnitude", m
                 )
+                vectors["kernel_drift_op"] = result["vector"]
                 fields["kernel_drift_op"] = abs(float(result["value"]))
                 iterations["kernel_drift_op"] = int(result["iterations"])
                 converged &= bool(result["converged"])
@@ -155,16 +164,25 @@ def device_statistics(
                 method = "eigvalsh"
             if not full_spectrum and "lambda_max" in quantities:
                 interrupt.check(should_stop, "lambda_max")
-                top = functions.extreme(matrix, next(starts), tolerance, "largest", m)
+                top = functions.extreme(matrix, start("lambda_max", 1), tolerance, "largest", m)
+                vectors["lambda_max"] = top["vector"]
                 lambda_max = float(top["value"])
                 iterations["lambda_max"] = int(top["iterations"])
                 converged &= bool(top["converged"])
             if not full_spectrum and "lambda_min" in quantities:
                 bound = math.sqrt(squared) if lambda_max is None else lambda_max
                 lambda_min, bottom, method = _lambda_min(
-                    functions, matrix, bound, rtol, next(starts), tolerance, m, should_stop
+                    functions,
+                    matrix,
+                    bound,
+                    rtol,
+                    start("lambda_min", 2),
+                    tolerance,
+                    m,
+                    should_stop,
                 )
                 if bottom is not None:
+                    vectors["lambda_min"] = bottom["vector"]
                     iterations["lambda_min"] = int(bottom["iterations"])
                     converged &= bool(bottom["converged"])
             if lambda_min is not None:
@@ -180,6 +198,7 @@ def device_statistics(
         converged=bool(converged),
         method=method,
         backend="device",
+        vectors=vectors,
         **fields,
     )
 

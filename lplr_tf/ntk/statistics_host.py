@@ -28,6 +28,8 @@ SINGLE_THREAD_ROWS = 4096
 # The BLAS libraries of this process, found once at import (a scan of the loaded shared
 # libraries takes ~5 ms with TF loaded; limiting threads through it takes ~10 µs).
 _BLAS = threadpoolctl.ThreadpoolController()
+# Relative size of the random component mixed into a warm start (see _start).
+WARM_NOISE = 0.01
 # Bytes of one chunk of rows when the host path converts or reduces the kernel.
 _CHUNK_BYTES = 1 << 22
 
@@ -93,8 +95,17 @@ def _symmetric_product(matrix):
     return apply
 
 
-def _start(size, rng):
-    return rng.standard_normal(size)
+def _start(size, rng, previous=None):
+    """A seeded random start, or the previous probe's Ritz vector plus a little of it.
+
+    The random part (WARM_NOISE of the norm) keeps every eigenvector in the Krylov space,
+    so that one that overtook the previous extreme is still found.
+    """
+    random = rng.standard_normal(size)
+    previous = None if previous is None else np.asarray(previous, dtype=np.float64)
+    if previous is None or previous.shape != (size,) or not np.linalg.norm(previous) > 0:
+        return random
+    return previous / np.linalg.norm(previous) + WARM_NOISE * random / np.linalg.norm(random)
 
 
 def host_statistics(kernel, kernel0, **options):
@@ -115,8 +126,10 @@ def _statistics(
     max_iterations,
     seed,
     should_stop,
+    start_vectors,
 ):
     matrix = _host_array(kernel)
+    starts, vectors = dict(start_vectors or {}), {}
     size = matrix.shape[0]
     rng = np.random.default_rng(seed)
     workspace = np.empty((size, size), dtype=np.float64)
@@ -133,11 +146,13 @@ def _statistics(
         else:
             result = lanczos.lanczos(
                 _symmetric_product(workspace),
-                _start(size, rng),
+                _start(size, rng, starts.get("kernel_drift_op")),
                 which="largest_magnitude",
                 stage="kernel drift",
+                return_vector=True,
                 **solve,
             )
+            vectors["kernel_drift_op"] = result.vector
             fields["kernel_drift_op"] = abs(result.value)
             iterations["kernel_drift_op"] = result.iterations
             converged &= result.converged
@@ -159,21 +174,25 @@ def _statistics(
         if not full_spectrum and "lambda_max" in quantities:
             top = lanczos.lanczos(
                 _symmetric_product(workspace),
-                _start(size, rng),
+                _start(size, rng, starts.get("lambda_max")),
                 which="largest",
                 stage="lambda_max",
+                return_vector=True,
                 **solve,
             )
+            vectors["lambda_max"] = top.vector
             lambda_max = top.value
             iterations["lambda_max"] = top.iterations
             converged &= top.converged
         if not full_spectrum and "lambda_min" in quantities:
             # ‖K‖_F >= λ_max scales the Cholesky shifts when λ_max was not asked for.
             bound = math.sqrt(squared) if lambda_max is None else lambda_max
+            start = _start(size, rng, starts.get("lambda_min"))
             lambda_min, bottom, method = _host_lambda_min(
-                workspace, matrix, scale, bound, rtol, rng, should_stop, solve
+                workspace, matrix, scale, bound, rtol, start, should_stop, solve
             )
             if bottom is not None:
+                vectors["lambda_min"] = bottom.vector
                 iterations["lambda_min"] = bottom.iterations
                 converged &= bottom.converged
         if lambda_min is not None:
@@ -189,11 +208,12 @@ def _statistics(
         converged=bool(converged),
         method=method,
         backend="host",
+        vectors=vectors,
         **fields,
     )
 
 
-def _host_lambda_min(workspace, matrix, scale, lambda_max, rtol, rng, should_stop, solve):
+def _host_lambda_min(workspace, matrix, scale, lambda_max, rtol, start, should_stop, solve):
     """λ_min by shift-invert Lanczos on the Cholesky factor of K − σI, in the workspace.
 
     The first shift σ = −N·ε₆₄·λ_max factors any K whose λ_min is above float64 rounding;
@@ -209,9 +229,10 @@ def _host_lambda_min(workspace, matrix, scale, lambda_max, rtol, rng, should_sto
         if cholesky.cholesky_in_place(workspace, block_size=block, should_stop=should_stop):
             result = lanczos.lanczos(
                 cholesky.inverse_operator(workspace),
-                _start(size, rng),
+                start,
                 which="largest",
                 stage="lambda_min",
+                return_vector=True,
                 **solve,
             )
             return shift + 1.0 / result.value, result, "cholesky"

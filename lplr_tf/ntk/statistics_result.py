@@ -32,6 +32,9 @@ class KernelStatistics:
         products); None when λ_min was not asked for.
       backend: "host" or "device", where the solves ran.
       estimates: Names of the fields that are estimates rather than exact to tolerance.
+      vectors: The unit Ritz vectors of the solves ("lambda_max", "lambda_min",
+        "kernel_drift_op"; float64 (N,), NumPy on the host, tensors on the device), to pass
+        as `start_vectors` to the next probe's call.
     """
 
     lambda_min: float | None
@@ -47,6 +50,7 @@ class KernelStatistics:
     method: str | None = "cholesky"
     backend: str = "host"
     estimates: tuple = ()
+    vectors: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 def finish(lambda_min, lambda_max, trace, **fields):
