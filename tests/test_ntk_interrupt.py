@@ -81,12 +81,13 @@ def test_default_blocks_are_capped_in_rows(monkeypatch, model_and_x):
 
 
 def test_statistics_poll_at_every_step_and_stop_in_the_stage_asked(monkeypatch):
-    from lplr_tf.ntk import cholesky, interrupt
+    from lplr_tf.ntk import cholesky, interrupt, statistics_host
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal((300, 300))
     kernel = a @ a.T / 300 + np.eye(300)
-    monkeypatch.setattr(cholesky, "DEFAULT_BLOCK", 32)  # 10 panels: the blocked path
+    monkeypatch.setattr(statistics_host, "SINGLE_CALL_ROWS", 0)  # the blocked path,
+    monkeypatch.setattr(cholesky, "DEFAULT_BLOCK", 32)  # in 10 panels
     polls = []
     check = interrupt.check
     monkeypatch.setattr(

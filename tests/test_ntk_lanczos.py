@@ -103,11 +103,12 @@ def test_blocked_cholesky_in_place_equals_lapack(size, block):
     np.testing.assert_allclose(matrix @ solve(v), v, atol=1e-8)
 
 
-def test_cholesky_failure_proves_an_eigenvalue_at_or_below_zero():
+@pytest.mark.parametrize("block", [8, 64])  # blocked panels, and one in-place LAPACK call
+def test_cholesky_failure_proves_an_eigenvalue_at_or_below_zero(block):
     matrix = symmetric(np.concatenate([[-1e-3], np.linspace(0.5, 1.0, 30)]), seed=7)
-    assert not cholesky.cholesky_in_place(matrix.copy(), block_size=8)
+    assert not cholesky.cholesky_in_place(matrix.copy(), block_size=block)
     shifted = matrix + 2e-3 * np.eye(31)  # λ_min = 1e-3 > 0
-    assert cholesky.cholesky_in_place(shifted, block_size=8)
+    assert cholesky.cholesky_in_place(shifted, block_size=block)
 
 
 def test_cholesky_stops_between_panels_when_asked():

@@ -18,6 +18,7 @@ it reads the factored columns once per panel instead of rewriting the trailing m
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 
 from lplr_tf.ntk import interrupt
 
@@ -46,6 +47,12 @@ def cholesky_in_place(matrix, *, block_size=DEFAULT_BLOCK, should_stop=None):
             f"{matrix.flags.c_contiguous}); expected a C-ordered float64 array."
         )
     size = matrix.shape[0]
+    if size <= block_size:
+        # One LAPACK call in place: the Fortran-ordered view's upper triangle is our lower
+        # one, and its factor U = Lᵀ (no copy in or out of the matrix).
+        interrupt.check(should_stop, "cholesky")
+        _, info = scipy.linalg.lapack.dpotrf(matrix.T, lower=0, clean=0, overwrite_a=1)
+        return info == 0 and bool(np.all(np.isfinite(np.diagonal(matrix))))
     for k0 in range(0, size, block_size):
         k1 = min(k0 + block_size, size)
         if k0 > 0:

@@ -28,6 +28,9 @@ SINGLE_THREAD_ROWS = 4096
 # The BLAS libraries of this process, found once at import (a scan of the loaded shared
 # libraries takes ~5 ms with TF loaded; limiting threads through it takes ~10 µs).
 _BLAS = threadpoolctl.ThreadpoolController()
+# Kernels up to this many rows are factored by one in-place LAPACK call (about a second at
+# 4096² on one loaded core: interruptible soon enough), larger ones in bounded panels.
+SINGLE_CALL_ROWS = 4096
 # Relative size of the random component mixed into a warm start (see _start).
 WARM_NOISE = 0.01
 # Bytes of one chunk of rows when the host path converts or reduces the kernel.
@@ -225,7 +228,7 @@ def _host_lambda_min(workspace, matrix, scale, lambda_max, rtol, start, should_s
     scale_max = max(abs(lambda_max), np.finfo(np.float64).tiny)
     for shift in (-size * np.finfo(np.float64).eps * scale_max, -2.0 * rtol * scale_max):
         workspace.flat[:: size + 1] -= shift
-        block = cholesky.DEFAULT_BLOCK if size > 4 * cholesky.DEFAULT_BLOCK else size
+        block = size if size <= SINGLE_CALL_ROWS else cholesky.DEFAULT_BLOCK
         if cholesky.cholesky_in_place(workspace, block_size=block, should_stop=should_stop):
             result = lanczos.lanczos(
                 cholesky.inverse_operator(workspace),
