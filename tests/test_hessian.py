@@ -1,4 +1,4 @@
-"""Tests of lplr_tf.hessian against the closed-form Hessian of a linear model."""
+"""Tests of lplr_tf.hessian against closed-form and dense Hessians."""
 
 import keras
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from lplr_tf import hessian
+from lplr_tf.ntk import cache
 
 
 def linear_problem(dtype="float32", n=12, d=3, outputs=2, seed=0):
@@ -99,3 +100,73 @@ def test_nonlinear_model_hvp_is_symmetric_and_matches_finite_differences():
     assert hessian.sharpness(model, x, y, num_iterations=dim) == pytest.approx(
         np.linalg.eigvalsh(matrix).max(), rel=1e-8
     )
+
+
+def tanh_problem(seed=0):
+    """A small tanh network (P = 32), data, and its dense Hessian from P products."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((10, 3)).astype(np.float32)
+    y = rng.standard_normal((10, 2)).astype(np.float32)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(5, activation="tanh"),
+            keras.layers.Dense(2),
+        ]
+    )
+    dim = hessian.flatten(model.trainable_variables).shape[0]
+    matrix = np.stack([hessian.hessian_vector_product(model, x, y, e) for e in np.eye(dim)])
+    return model, x, y, 0.5 * (matrix + matrix.T)
+
+
+@pytest.mark.parametrize(
+    "jit_compile, dtype, tolerance, rel",
+    [(False, "float64", 1e-7, 1e-6), (True, "float64", 1e-7, 1e-6), (False, "float32", 1e-5, 1e-4)],
+)
+def test_compiled_sharpness_is_the_top_eigenvalue_of_the_dense_hessian(
+    jit_compile, dtype, tolerance, rel
+):
+    model, x, y, matrix = tanh_problem()
+    top = np.linalg.eigvalsh(matrix)[-1]
+    result = hessian.measure_sharpness(
+        model, x, y, tolerance=tolerance, jit_compile=jit_compile, krylov_dtype=dtype
+    )
+    assert result.value == pytest.approx(top, rel=rel)
+    assert result.converged and result.iterations < matrix.shape[0]
+    assert result.value == pytest.approx(hessian.sharpness(model, x, y), rel=1e-4)
+
+
+def test_warm_start_needs_fewer_products_and_does_not_retrace():
+    model, x, y, matrix = tanh_problem(seed=1)
+    cold = hessian.measure_sharpness(model, x, y, warm_start=False)
+    first = hessian.measure_sharpness(model, x, y)  # warm start from here on
+    solver = next(
+        v for k, v in cache.cached_entries(model).items() if k[:2] == ("hessian", "sharpness")
+    )
+    traces = solver.tracing_count
+    kernel = model.layers[0].kernel
+    kernel.assign(kernel * 1.01)  # a training step's worth of change
+    moved = np.linalg.eigvalsh(
+        np.stack([hessian.hessian_vector_product(model, x, y, e) for e in np.eye(len(matrix))])
+    )[-1]
+    warm = hessian.measure_sharpness(model, x, y)
+    assert warm.value == pytest.approx(moved, rel=1e-4)
+    assert warm.iterations < cold.iterations and first.iterations == cold.iterations
+    assert solver.tracing_count == traces
+    # warm_start=False is a fixed random start: reproducible, and it leaves the state alone.
+    again = hessian.measure_sharpness(model, x, y, warm_start=False)
+    assert again.iterations == hessian.measure_sharpness(model, x, y, warm_start=False).iterations
+
+
+def test_unconverged_sharpness_says_so():
+    model, x, y, matrix = tanh_problem(seed=2)
+    result = hessian.measure_sharpness(model, x, y, max_iterations=2, tolerance=1e-12)
+    assert result.iterations == 2 and not result.converged
+    assert result.value <= np.linalg.eigvalsh(matrix)[-1] * (1 + 1e-6)
+
+
+def test_bad_tolerance_names_the_value():
+    model, x, y, _ = tanh_problem()
+    with pytest.raises(ValueError, match="tolerance=0"):
+        hessian.measure_sharpness(model, x, y, tolerance=0)

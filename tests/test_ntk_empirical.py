@@ -278,15 +278,26 @@ def test_mismatched_shapes_raise_naming_the_shapes(cases):
         empirical_ntk(model, np.zeros((0, 4), np.float32))
 
 
-def test_cache_does_not_keep_the_model_alive():
+def test_one_cache_for_engine_matfree_and_hessian_does_not_keep_the_model_alive():
     import gc
     import weakref
 
-    from lplr_tf.ntk import empirical
+    from lplr_tf import hessian
+    from lplr_tf.ntk import cache, ntk_vector_product
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    empirical_ntk(model, np.ones((2, 3), np.float32))
-    assert model in empirical._ENGINES
+    x, y = np.ones((2, 3), np.float32), np.zeros((2, 2), np.float32)
+    empirical_ntk(model, x)
+    ntk_vector_product(model, x, np.ones(4, np.float32))
+    hessian.hessian_vector_product(model, x, y, np.ones(8))
+    hessian.measure_sharpness(model, x, y, max_iterations=3)
+    namespaces = sorted({key[:2] for key in cache.cached_entries(model)})
+    assert namespaces == [
+        ("engine", "auto"),
+        ("hessian", "product"),
+        ("hessian", "sharpness"),
+        ("matfree", False),
+    ]
     ref = weakref.ref(model)
     del model
     gc.collect()
@@ -316,3 +327,21 @@ def test_kernel_assembled_on_several_devices_equals_the_unblocked_one():
         rtol=1e-6,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_device_assembly_equals_the_host_assembly(cases, cross):
+    # On a GPU blocked kernels stay on the device as concatenated row panels; the same code
+    # runs here on the CPU against the host path that writes blocks into one array.
+    from lplr_tf.ntk import blocking
+
+    model, x, _ = cases["multi_output"]
+    x = tf.constant(np.concatenate([x, x * 0.5, x - 1.0]))  # n = 12
+    x2 = None if not cross else x[:5] + 0.25
+    engine = get_engine(model, x, "auto", "full")
+    args = (engine.features, engine.contract, x, x2, 5, engine.rows_per_example, True)
+    host = blocking.assemble(*args, on_host=True)
+    device = blocking.assemble(*args, on_host=False)
+    assert isinstance(host, np.ndarray) and isinstance(device, tf.Tensor)
+    np.testing.assert_allclose(device.numpy(), host, rtol=1e-6, atol=1e-6 * np.abs(host).max())
+    assert_kernel_close(host, reference_ntk(model, x.numpy(), None if x2 is None else x2.numpy()))

@@ -1,16 +1,21 @@
-"""Blocked assembly of a kernel under a memory budget.
+"""Blocked assembly of a kernel under a memory budget, in bounded, interruptible steps.
 
 The kernel Θ(x1, x2) is assembled from blocks Θ(x1[I], x2[J]) over example blocks I, J.
 Each block needs the *features* of its two example blocks (activations and cotangents, or
 per-example gradients, `bytes_per_example` each) and a few (|I|·O × |J|·O) temporaries
 (`bytes_per_pair` per example pair). The block size b is the largest with
 
-    2·b·bytes_per_example + b²·bytes_per_pair <= budget,
+    2·b·bytes_per_example + b²·bytes_per_pair <= working budget,
 
-so the peak working memory stays under the budget (the assembled output itself, of size
-n1·n2·O² floats, is what the caller asked for and is not counted). Every entry of Θ is
-the same dot products whatever the blocking, so blocked and unblocked kernels agree to
-float rounding.
+where the working budget is what remains of the caller's budget once the assembled output
+(n1·n2·O² floats) is counted. Blocks are also capped at `MAX_BLOCK_ROWS` kernel rows, so
+that every single TF call is short (a fraction of a second on a CPU for an MLP) and
+`should_stop` is polled often. Every entry of Θ is the same dot products whatever the
+blocking, so blocked and unblocked kernels agree to float rounding.
+
+On the host the blocks are written into one preallocated NumPy array (no other N²
+temporary). On a GPU (`on_host=False`) the row panels stay on the device and are
+concatenated there (the panels and the result: twice the kernel, transiently).
 """
 
 import contextlib
@@ -19,27 +24,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
-_DEFAULT_FRACTION = 0.25
-_FALLBACK_BUDGET = 2 * 1024**3
+from lplr_tf.ntk import interrupt
 
-
-def default_memory_budget():
-    """A safe working-memory budget in bytes.
-
-    On CPU: a quarter of MemAvailable from /proc/meminfo (2 GiB where that is unreadable).
-    On GPU: TF does not report free device memory (its allocator reserves most of it up
-    front), so a fixed 2 GiB; pass `memory_budget_bytes` to use more.
-    """
-    if tf.config.list_logical_devices("GPU"):
-        return _FALLBACK_BUDGET
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(int(line.split()[1]) * 1024 * _DEFAULT_FRACTION)
-    except OSError:
-        pass
-    return _FALLBACK_BUDGET
+# Kernel rows of one block (b·O in "full" mode): bounds the time of one contraction call.
+MAX_BLOCK_ROWS = 4096
 
 
 def choose_block_size(n, bytes_per_example, bytes_per_pair, budget, caller):
@@ -68,7 +56,16 @@ def block_starts(n, block_size):
 
 
 def assemble(
-    features_fn, contract_fn, x1, x2, block_size, rows_per_example, cache_features, devices=None
+    features_fn,
+    contract_fn,
+    x1,
+    x2,
+    block_size,
+    rows_per_example,
+    cache_features,
+    devices=None,
+    should_stop=None,
+    on_host=True,
 ):
     """Assembles Θ(x1, x2) from blocks; x2=None means the symmetric kernel Θ(x1, x1).
 
@@ -82,16 +79,17 @@ def assemble(
         every row block (when they fit the budget).
       devices: Optional device names; row block i is computed on devices[i % len(devices)]
         (e.g. the replicas of a tf.distribute strategy), so each device holds its share.
+      should_stop: Optional callable polled before every block (`interrupt`).
+      on_host: Write the blocks into a NumPy array (True) or keep them on the device.
 
     Returns:
-      tf.Tensor (n1·r, n2·r), example-major.
+      (n1·r, n2·r), example-major: a NumPy array when on_host, else a tf.Tensor.
     """
     symmetric = x2 is None
     rows = block_starts(int(x1.shape[0]), block_size)
     cols = rows if symmetric else block_starts(int(x2.shape[0]), block_size)
     source = x1 if symmetric else x2
     r = rows_per_example
-    out = None
     cache = {}
 
     def on_device(k):
@@ -107,20 +105,35 @@ def assemble(
             cache[j] = feats
         return feats
 
+    if not on_host:
+        panels = []
+        for i, (i0, i1) in enumerate(rows):
+            with on_device(i):
+                interrupt.check(should_stop, "kernel assembly")
+                f1 = features_fn(x1[i0:i1])
+                blocks = []
+                for j in range(len(cols)):
+                    interrupt.check(should_stop, "kernel assembly")
+                    blocks.append(contract_fn(f1, column_features(j)))
+            panels.append(tf.concat(blocks, axis=1))
+        return tf.concat(panels, axis=0)
+
+    out = None
     for i, (i0, i1) in enumerate(rows):
         with on_device(i):
+            interrupt.check(should_stop, "kernel assembly")
             f1 = column_features(i) if symmetric else features_fn(x1[i0:i1])
-            blocks = []
             for j in range(i if symmetric else 0, len(cols)):
+                interrupt.check(should_stop, "kernel assembly")
                 f2 = f1 if symmetric and i == j else column_features(j)
-                blocks.append((j, contract_fn(f1, f2).numpy()))
-        for j, block in blocks:
-            j0, j1 = cols[j]
-            if out is None:
-                out = np.empty((int(x1.shape[0]) * r, int(source.shape[0]) * r), block.dtype)
-            out[i0 * r : i1 * r, j0 * r : j1 * r] = block
-            if symmetric and i != j:
-                out[j0 * r : j1 * r, i0 * r : i1 * r] = block.T
+                block = contract_fn(f1, f2).numpy()
+                j0, j1 = cols[j]
+                if out is None:
+                    shape = (int(x1.shape[0]) * r, int(source.shape[0]) * r)
+                    out = np.empty(shape, block.dtype)
+                out[i0 * r : i1 * r, j0 * r : j1 * r] = block
+                if symmetric and i != j:
+                    out[j0 * r : j1 * r, i0 * r : i1 * r] = block.T
         if symmetric:
             cache.pop(i, None)  # row block i's features are not needed again
-    return tf.convert_to_tensor(out)
+    return out

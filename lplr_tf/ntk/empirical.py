@@ -5,22 +5,25 @@
 normalized K = Θ / n, where n is the number of examples.
 
 The compiled functions of a (model, implementation, output mode, input shape) are built
-once and cached in a WeakKeyDictionary keyed by the model (dropped with it), so repeated
+once and kept in the per-model cache (`cache`, dropped with the model), so repeated
 calls on the same model and batch shape — the trainer's probe at every logging step —
 run the traced graphs without retracing, and see the variables' current values.
+
+Memory: `memory_budget_bytes` bounds the whole call, the returned kernel included (it is
+counted first; the rest is the working memory of the blocks). A kernel that alone exceeds
+the budget is refused with a ValueError before anything is allocated. Time: one TF call
+contracts at most `blocking.MAX_BLOCK_ROWS` kernel rows against as many, so `should_stop`
+is polled every fraction of a second.
 """
 
 import weakref
 
 import tensorflow as tf
 
-from lplr_tf.ntk import blocking, common, jacobian, structured
+from lplr_tf.ntk import blocking, cache, common, jacobian, memory, structured
 
 IMPLEMENTATIONS = ("auto", "jacobian", "structured")
 _CALLER = "empirical_ntk"
-
-# The only module-level state: compiled kernels per live model (see module docstring).
-_ENGINES = weakref.WeakKeyDictionary()
 
 
 class NTKEngine:
@@ -85,50 +88,98 @@ class NTKEngine:
     def rows_per_example(self):
         return self.num_outputs if self.output_mode == "full" else 1
 
+    def block_rows_cap(self, max_block_rows=None):
+        """Kernel rows of one block at most (a multiple of the rows per example, >= one)."""
+        cap = blocking.MAX_BLOCK_ROWS if max_block_rows is None else int(max_block_rows)
+        r = self.rows_per_example
+        return max(r, cap - cap % r)
+
+    def output_bytes(self, n1, n2):
+        """Bytes of the returned kernel Θ(x1, x2) (float32: 4 per entry)."""
+        return 4 * n1 * n2 * self.rows_per_example**2
+
     def tracing_count(self):
         """Total traces of the compiled functions (for tests: repeated calls add none)."""
         fns = (self.features, self.contract, self._kernel, self._kernel_symmetric)
         return sum(f.experimental_get_tracing_count() for f in fns)
 
-    def __call__(self, x1, x2=None, block_size=None, memory_budget_bytes=None, devices=None):
-        n = max(int(x1.shape[0]), 0 if x2 is None else int(x2.shape[0]))
-        budget = memory_budget_bytes or blocking.default_memory_budget()
+    def __call__(
+        self,
+        x1,
+        x2=None,
+        block_size=None,
+        memory_budget_bytes=None,
+        devices=None,
+        should_stop=None,
+        as_numpy=False,
+    ):
+        n1 = int(x1.shape[0])
+        n2 = n1 if x2 is None else int(x2.shape[0])
+        n = max(n1, n2)
+        on_gpu = (
+            any("GPU" in d.upper() for d in devices)
+            if devices
+            else bool(tf.config.list_logical_devices("GPU"))
+        )
+        on_host = as_numpy or not on_gpu
+        budget = memory_budget_bytes or memory.memory_budget(device=None if on_host else "GPU:0")
+        output = self.output_bytes(n1, n2)
+        if output >= budget:
+            raise memory.MemoryBudgetError(
+                f"{_CALLER}: the kernel alone needs {output} bytes ({n1 * self.rows_per_example}"
+                f" × {n2 * self.rows_per_example} float32), more than the memory budget of "
+                f"{int(budget)} bytes"
+                + (
+                    " (default: a share of the available memory, cgroup-aware)"
+                    if memory_budget_bytes is None
+                    else ""
+                )
+                + ". Fixes: fewer examples, output_mode='trace' (n rows instead of n·O), "
+                "matrix_free_spectrum (no kernel is formed), or a larger memory_budget_bytes."
+            )
         if block_size is None:
             block_size = blocking.choose_block_size(
-                n, self.bytes_per_example, self.bytes_per_pair, budget, _CALLER
+                n, self.bytes_per_example, self.bytes_per_pair, budget - output, _CALLER
             )
+            block_size = min(block_size, self.block_rows_cap() // self.rows_per_example)
         if devices and len(devices) > 1:
             block_size = min(block_size, -(-n // len(devices)))  # every device gets rows
         if block_size >= n:
-            return self._kernel_symmetric(x1) if x2 is None else self._kernel(x1, x2)
-        # Keep the column blocks' features when all of them fit in half the budget.
-        cache = 2 * n * self.bytes_per_example <= budget
-        return blocking.assemble(
+            kernel = self._kernel_symmetric(x1) if x2 is None else self._kernel(x1, x2)
+            return kernel.numpy() if as_numpy else kernel
+        # Keep the column blocks' features when all of them fit in half the working budget.
+        keep = 2 * n * self.bytes_per_example <= budget - output
+        kernel = blocking.assemble(
             self.features,
             self.contract,
             x1,
             x2,
             block_size,
             self.rows_per_example,
-            cache,
+            keep,
             devices,
+            should_stop=should_stop,
+            on_host=on_host,
         )
+        if as_numpy:
+            return kernel
+        return kernel if isinstance(kernel, tf.Tensor) else tf.convert_to_tensor(kernel)
 
 
 def get_engine(model, x, implementation="auto", output_mode="full", jit_compile=False):
     """The cached NTKEngine for this model, configuration and per-example input shape."""
     key = (
+        "engine",
         implementation,
         output_mode,
         bool(jit_compile),
         tuple(x.shape[1:]),
         x.dtype.name,
-        tuple(id(v) for v in model.trainable_variables),
+        cache.variables_key(model),
     )
-    engines = _ENGINES.setdefault(model, {})
-    if key not in engines:
-        engines[key] = NTKEngine(model, x, implementation, output_mode, jit_compile)
-    return engines[key]
+    return cache.cached(
+        model, key, lambda: NTKEngine(model, x, implementation, output_mode, jit_compile)
+    )
 
 
 def validate_options(implementation, output_mode, block_size, memory_budget_bytes):
@@ -146,7 +197,7 @@ def validate_options(implementation, output_mode, block_size, memory_budget_byte
     if memory_budget_bytes is not None and not memory_budget_bytes > 0:
         raise ValueError(
             f"{_CALLER}: memory_budget_bytes={memory_budget_bytes!r}; expected a positive "
-            "number of bytes or None for the default (a quarter of available memory)."
+            "number of bytes or None for the default (a share of the available memory)."
         )
 
 
@@ -161,6 +212,8 @@ def empirical_ntk(
     memory_budget_bytes=None,
     jit_compile=False,
     devices=None,
+    should_stop=None,
+    as_numpy=False,
 ):
     """The empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of a Keras model (unnormalized).
 
@@ -181,21 +234,31 @@ def empirical_ntk(
         NTKConv2D, BatchNormalization; other layers' variables through the Jacobian path),
         "jacobian" (per-example parameter Jacobians, any model), or "auto" (structured
         when the model has any supported layer, else jacobian).
-      block_size: Examples per block; forces blocked assembly. None: chosen from the budget.
-      memory_budget_bytes: Working-memory budget for choosing the block size; default a
-        quarter of MemAvailable on CPU, 2 GiB on GPU.
+      block_size: Examples per block; forces blocked assembly. None: chosen from the budget
+        and capped at `blocking.MAX_BLOCK_ROWS` kernel rows per block.
+      memory_budget_bytes: Budget of the whole call in bytes, the returned kernel included
+        (the rest bounds the blocks' working memory); default `memory.memory_budget()`, a
+        share of the available host memory (cgroup-aware) or of the GPU's.
       jit_compile: XLA-compile the kernel functions (pinned to False by default).
       devices: Optional device names (e.g. the replicas of a tf.distribute strategy,
         `strategy.extended.worker_devices`): the kernel is assembled from row blocks, block i
         computed on devices[i % len(devices)], so that each device holds its share of the
         features. The result is identical to the single-device kernel.
+      should_stop: Optional zero-argument callable, polled before every block; when it
+        returns True the assembly stops and `ProbeInterrupted` is raised (`interrupt`).
+      as_numpy: Return a NumPy array on the host instead of a tf.Tensor. A TF ↔ NumPy
+        conversion always copies, so for a large kernel headed for `kernel_statistics` on
+        the host this saves one copy of the kernel.
 
     Returns:
-      tf.Tensor in the model's compute dtype (float32 by default), computed with TF32 off.
+      tf.Tensor (or NumPy array) in the model's compute dtype (float32 by default),
+      computed with TF32 off. On a GPU, a blocked kernel stays on the device.
 
     Raises:
       ValueError: unknown implementation or output_mode, bad block_size or budget, or x1/x2
         whose per-example shapes do not match each other or the model's input.
+      MemoryBudgetError (a ValueError): the kernel alone exceeds the memory budget.
+      ProbeInterrupted: should_stop() returned True.
     """
     validate_options(implementation, output_mode, block_size, memory_budget_bytes)
     x1 = common.as_batch(x1, "x1", _CALLER, model)
@@ -205,4 +268,4 @@ def empirical_ntk(
     common.ensure_built(model, x1)
     engine = get_engine(model, x1, implementation, output_mode, jit_compile)
     with common.tf32_disabled():
-        return engine(x1, x2, block_size, memory_budget_bytes, devices)
+        return engine(x1, x2, block_size, memory_budget_bytes, devices, should_stop, as_numpy)

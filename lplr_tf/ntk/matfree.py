@@ -15,12 +15,12 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from lplr_tf.ntk import common, spectrum
-from lplr_tf.ntk.lanczos import lanczos_extreme_eigenvalues
+from lplr_tf.ntk import cache, common, interrupt, lanczos, spectrum
+from lplr_tf.ntk.statistics_result import finish
 
 _CALLER = "ntk_vector_product"
-# Compiled VJP/JVP functions per live model (the only module-level state).
-_FUNCTIONS = weakref.WeakKeyDictionary()
+# Quantities of the matrix-free path that are estimates, not exact to tolerance.
+ESTIMATES = ("lambda_min", "trace", "condition_number", "effective_rank")
 
 
 class _MatrixFree:
@@ -71,11 +71,8 @@ class _MatrixFree:
 
 
 def _functions(model, jit_compile):
-    per_model = _FUNCTIONS.setdefault(model, {})
-    key = (bool(jit_compile), tuple(id(v) for v in model.trainable_variables))
-    if key not in per_model:
-        per_model[key] = _MatrixFree(model, jit_compile)
-    return per_model[key]
+    key = ("matfree", bool(jit_compile), cache.variables_key(model))
+    return cache.cached(model, key, lambda: _MatrixFree(model, jit_compile))
 
 
 def _prepare(model, x, caller):
@@ -124,6 +121,7 @@ def matrix_free_spectrum(
     seed=0,
     block_size=None,
     jit_compile=False,
+    should_stop=None,
 ):
     """λ_max and a λ_min estimate of scale·Θ by Lanczos on NTK-vector products.
 
@@ -139,6 +137,8 @@ def matrix_free_spectrum(
       num_probes: Hutchinson probe vectors for the trace.
       seed: Seed of the Lanczos start vector and of the probes.
       block_size: Examples per block in each product.
+      jit_compile: XLA-compile the VJP/JVP.
+      should_stop: Optional callable polled before every product (`interrupt`).
 
     Returns:
       NTKSpectrum with method="lanczos" and eigenvalues=None.
@@ -152,27 +152,109 @@ def matrix_free_spectrum(
             " expected both >= 1."
         )
     functions = _functions(model, jit_compile)
-
-    def matvec(u):
-        v = tf.constant(np.reshape(u, (n, num_outputs)), dtype=x.dtype)
-        return functions.product(x, v, block_size).numpy().astype(np.float64).ravel() * scale
-
+    matvec = _matvec(functions, x, num_outputs, scale, block_size, should_stop)
     with common.tf32_disabled():
-        ritz_min, ritz_max = lanczos_extreme_eigenvalues(
+        ritz_min, ritz_max = lanczos.lanczos_extreme_eigenvalues(
             matvec, dim, num_iterations=num_iterations, seed=seed
         )
         rng = np.random.default_rng(seed + 1)
-        estimates = []
-        for _ in range(num_probes):
-            z = rng.choice(np.array([-1.0, 1.0]), size=(n, num_outputs))
-            z = tf.constant(z, dtype=x.dtype)
-            if block_size is None or block_size >= n:
-                value = float(functions.quadratic_form(x, z))
-            else:
-                tangents = None
-                for s in range(0, n, block_size):
-                    part = functions.vjp(x[s : s + block_size], z[s : s + block_size])
-                    tangents = part if tangents is None else [a + b for a, b in zip(tangents, part)]
-                value = float(sum(tf.reduce_sum(tf.square(t)) for t in tangents))
-            estimates.append(value * scale)
-    return spectrum.summarize(ritz_min, ritz_max, float(np.mean(estimates)), method="lanczos")
+        trace = _hutchinson_trace(functions, x, num_outputs, num_probes, rng, block_size)
+    return spectrum.summarize(ritz_min, ritz_max, trace * scale, method="lanczos")
+
+
+def _matvec(functions, x, num_outputs, scale, block_size, should_stop):
+    n = int(x.shape[0])
+
+    def matvec(u):
+        interrupt.check(should_stop, "matrix-free lanczos")
+        v = tf.constant(np.reshape(u, (n, num_outputs)), dtype=x.dtype)
+        return functions.product(x, v, block_size).numpy().astype(np.float64).ravel() * scale
+
+    return matvec
+
+
+def _hutchinson_trace(functions, x, num_outputs, num_probes, rng, block_size):
+    """mean_k z_kᵀ Θ z_k over Rademacher z_k (each one VJP: zᵀΘz = ‖Jᵀz‖²)."""
+    n = int(x.shape[0])
+    estimates = []
+    for _ in range(num_probes):
+        z = tf.constant(rng.choice(np.array([-1.0, 1.0]), size=(n, num_outputs)), x.dtype)
+        if block_size is None or block_size >= n:
+            value = float(functions.quadratic_form(x, z))
+        else:
+            tangents = None
+            for s in range(0, n, block_size):
+                part = functions.vjp(x[s : s + block_size], z[s : s + block_size])
+                tangents = part if tangents is None else [a + b for a, b in zip(tangents, part)]
+            value = float(sum(tf.reduce_sum(tf.square(t)) for t in tangents))
+        estimates.append(value)
+    return float(np.mean(estimates))
+
+
+def matrix_free_statistics(
+    model,
+    x,
+    *,
+    scale,
+    tolerance=1e-6,
+    max_iterations=128,
+    num_probes=16,
+    seed=0,
+    block_size=None,
+    jit_compile=False,
+    should_stop=None,
+):
+    """`kernel_statistics` without forming the kernel: the probe's path beyond the budget.
+
+    λ_max by Lanczos on NTK-vector products to `tolerance` (exact to it); λ_min by a
+    second Lanczos run for the smallest eigenvalue, stopped at `max_iterations`: a Ritz
+    value is an upper bound of λ_min and converges slowly for an ill-conditioned kernel,
+    so it is an *estimate* (listed in `estimates` with the trace, a Hutchinson estimate,
+    and the condition number and effective rank computed from them). No drift: K₀ is not
+    kept on this path.
+
+    Args:
+      model: Keras model. x: (n, *example_shape) probe set ("full" kernel, N = n·O).
+      scale: Multiplies Θ (1/n for K = Θ/n).
+      tolerance, max_iterations: Of each Lanczos solve (NTK-vector products each).
+      num_probes: Hutchinson vectors for the trace.
+      seed: Seed of the start vectors and the probes.
+      block_size: Examples per block in each product (bounds activation memory).
+      jit_compile: XLA-compile the VJP/JVP.
+      should_stop: Optional callable polled before every product.
+
+    Returns:
+      KernelStatistics with method="matrix_free" and `estimates` = ESTIMATES.
+    """
+    x, num_outputs = _prepare(model, x, "matrix_free_statistics")
+    dim = int(x.shape[0]) * num_outputs
+    functions = _functions(model, jit_compile)
+    matvec = _matvec(functions, x, num_outputs, float(scale), block_size, should_stop)
+    rng = np.random.default_rng(seed)
+    solve = dict(tolerance=tolerance, max_iterations=max_iterations, should_stop=should_stop)
+    with common.tf32_disabled():
+        top = lanczos.lanczos(
+            matvec,
+            rng.standard_normal(dim),
+            which="largest",
+            stage="matrix-free lanczos",
+            **solve,
+        )
+        bottom = lanczos.lanczos(
+            matvec,
+            rng.standard_normal(dim),
+            which="smallest",
+            stage="matrix-free lanczos",
+            **solve,
+        )
+        trace = _hutchinson_trace(functions, x, num_outputs, num_probes, rng, block_size)
+    return finish(
+        min(bottom.value, top.ritz_min),
+        top.value,
+        trace * float(scale),
+        iterations={"lambda_max": top.iterations, "lambda_min": bottom.iterations},
+        converged=top.converged,
+        method="matrix_free",
+        backend="host",
+        estimates=ESTIMATES,
+    )
