@@ -219,7 +219,13 @@ def rows_to_resume(run_dir, start_step, schedule):
         ) from error
     kept = [row for row in rows if row["step"] <= start_step]
     present = {row["step"] for row in kept}
-    missing = [step for step in _logged_steps(schedule, start_step) if step not in present]
+    # The checkpoint's own step may lack its row: SIGTERM during that step's probe writes
+    # the checkpoint first, and the resumed run measures the step again.
+    missing = [
+        step
+        for step in _logged_steps(schedule, start_step)
+        if step not in present and step != start_step
+    ]
     if missing:
         raise ConfigError(
             f"{run_dir.metrics} lacks the rows of steps {_shown(missing)}, logged before the "

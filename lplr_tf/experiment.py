@@ -31,6 +31,7 @@ from lplr_tf import (  # noqa: F401
     distribute,
     initialization,
     models,
+    ntk,
     plots,
     preflight,
     validation,
@@ -121,7 +122,7 @@ def run(
             run_dir.checkpoints,
             network=parts.network,
             optimizer=parts.trainer.optimizer,
-            theta0=parts.diagnostics.theta0,
+            **parts.diagnostics.checkpoint_state(),
             **({} if plan.full_batch else {"iterator": parts.batches}),
         )
         start_step = checkpoint.restore()
@@ -289,7 +290,10 @@ def _train(
         return stop == "diverged" or (stop == "converged" and stop_on_convergence)
 
     def on_step(step):
-        measurement = recorder.record_if_due(step)
+        try:
+            measurement = recorder.record_if_due(step)
+        except ntk.ProbeInterrupted as interruption:
+            raise Interrupted(step) from interruption  # the probe is redone on resume
         if measurement is None:
             return False
         row = measurement.row
@@ -300,14 +304,17 @@ def _train(
             progress(step, row["loss"], force=step in (0, plan.num_steps) or stop)
         return stop
 
+    schedule = recorder.schedule
     last = recorder.last_row
-    if last is None:
-        if on_step(0):
-            return
-    elif last["step"] == start_step and should_stop(last):
-        return  # the restored checkpoint is the run's last step: finish without training
     with TerminationFlag(strategy) as termination:
+        parts.diagnostics.should_stop = termination.local()
         try:
+            if last is None or (last["step"] < start_step and schedule.is_log_step(start_step)):
+                # Step 0, or a checkpoint written while its own probe was interrupted.
+                if on_step(start_step):
+                    return
+            elif last["step"] == start_step and should_stop(last):
+                return  # the restored checkpoint is the run's last step: finish it
             train(
                 parts.trainer,
                 parts.batches,

@@ -242,6 +242,12 @@ class SharpnessSolver:
     def tracing_count(self):
         return self._solve.experimental_get_tracing_count()
 
+    @property
+    def state(self):
+        """The warm-start state as a trackable, for checkpoints: a resumed run then starts
+        its next solve from the same vector as an uninterrupted one (same numbers)."""
+        return tf.train.Checkpoint(start=self._start, warm=self._warm)
+
     def __call__(self, x, y, *, tolerance, warm_start=True):
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         result = self._solve(x, y, tf.constant(float(tolerance)), bool(warm_start))
@@ -291,9 +297,23 @@ def measure_sharpness(
             f"measure_sharpness: tolerance={tolerance!r}, max_iterations={max_iterations!r}; "
             "expected 0 < tolerance < 1 and max_iterations >= 1."
         )
+    solver = sharpness_solver(
+        model,
+        max_iterations=max_iterations,
+        seed=seed,
+        jit_compile=jit_compile,
+        krylov_dtype=krylov_dtype,
+    )
+    return solver(x, y, tolerance=tolerance, warm_start=warm_start)
+
+
+def sharpness_solver(
+    model, *, max_iterations=24, seed=0, jit_compile=False, krylov_dtype="float32"
+):
+    """The model's cached `SharpnessSolver` for this configuration (built on first use)."""
     key = ("hessian", "sharpness", int(max_iterations), bool(jit_compile), seed, krylov_dtype)
     key += (cache.variables_key(model),)
-    solver = cache.cached(
+    return cache.cached(
         model,
         key,
         lambda: SharpnessSolver(
@@ -304,4 +324,3 @@ def measure_sharpness(
             krylov_dtype=krylov_dtype,
         ),
     )
-    return solver(x, y, tolerance=tolerance, warm_start=warm_start)

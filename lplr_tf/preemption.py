@@ -111,6 +111,14 @@ class TerminationFlag:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
+    def local(self):
+        """A should_stop for long local work (a probe): this process received SIGTERM.
+
+        None with several workers: a probe is collective work there, and one worker leaving
+        it alone would block the others; they stop together at the next step (`agreed`).
+        """
+        return None if self._multi_worker else (lambda: self.received)
+
     def agreed(self):
         """Whether this process, or with several workers any worker, received SIGTERM."""
         if not self._multi_worker:

@@ -9,6 +9,7 @@ explicitly whether the row was probed and carries the NTK spectrum when it was.
 """
 
 import dataclasses
+import math
 import time
 
 from lplr_tf import validation
@@ -20,20 +21,26 @@ class Schedule:
 
     A row is logged at step 0, at every multiple of `log_every`, and at the last step; a
     logged row also probes (NTK spectrum, kernel drift, sharpness) at step 0, at every
-    multiple of `probe_every` and at the last step. When steps arrive several at a time
+    multiple of `probe_every` and at the last step. With `probe_growth` = g > 1 the probes
+    are spaced geometrically instead: after a probe at step p the next is at
+    p + max(probe_every, (g − 1)·p), rounded up to a logged step — dense early, sparse late,
+    so that a run of T steps probes O(log T) times. When steps arrive several at a time
     (Keras' `steps_per_execution`), the first step at or past a due step is measured.
 
     Attributes:
       log_every: Steps between logged rows (≥ 1).
-      probe_every: Steps between probes, a multiple of `log_every`.
+      probe_every: Steps between probes (the smallest gap when geometric), a multiple of
+        `log_every`.
       num_steps: The last step, when known (it always logs and probes); None otherwise.
       name: The prefix of the settings in error messages (e.g. "protocol.gd").
+      probe_growth: g > 1 for geometric spacing; None for every `probe_every` steps.
     """
 
     log_every: int
     probe_every: int
     num_steps: int | None = None
     name: str = "schedule"
+    probe_growth: float | None = None
 
     def __post_init__(self):
         validation.integer(f"{self.name}.log_every", self.log_every, 1)
@@ -42,6 +49,10 @@ class Schedule:
             raise ValueError(
                 f"{self.name}.probe_every = {self.probe_every}; expected a positive multiple of "
                 f"log_every = {self.log_every}."
+            )
+        if self.probe_growth is not None:
+            validation.number(
+                f"{self.name}.probe_growth", self.probe_growth, 1.0, strict=True, example=1.2
             )
 
     def _next(self, step, every):
@@ -54,13 +65,21 @@ class Schedule:
 
     def next_probe_step(self, step):
         """The first step after `step` that probes."""
-        return self._next(step, self.probe_every)
+        if self.probe_growth is None:
+            return self._next(step, self.probe_every)
+        probe = 0
+        while probe <= step:
+            gap = max(self.probe_every, math.ceil((self.probe_growth - 1.0) * probe))
+            probe = -(-(probe + gap) // self.log_every) * self.log_every
+            if self.num_steps is not None and probe >= self.num_steps:
+                return self.num_steps
+        return probe
 
     def is_log_step(self, step):
         return step % self.log_every == 0 or step == self.num_steps
 
     def is_probe_step(self, step):
-        return step % self.probe_every == 0 or step == self.num_steps
+        return step == 0 or self.next_probe_step(step - 1) == step
 
 
 @dataclasses.dataclass(frozen=True)

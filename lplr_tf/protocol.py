@@ -26,6 +26,8 @@ class Protocol:
       seed: Seed of the per-epoch shuffling (SGD) and of the probe subset.
       log_every: Steps between logged diagnostics (step 0 and the last step always log).
       probe_every: Steps between NTK / sharpness probes; a multiple of log_every.
+      probe_growth: None, or g > 1 to space the probes geometrically (dense early, sparse
+        late; probe_every is then the smallest gap): see `probing.Schedule`.
       probe_size: SGD only: size of the fixed seeded probe subset on which gradients, the
         PL ratio and the NTK are measured (the loss is always measured on the full set).
       learning_rate_times_sharpness: c, when the step size is set from the sharpness at
@@ -44,6 +46,7 @@ class Protocol:
     log_every: int
     probe_every: int
     probe_size: int | None = None
+    probe_growth: float | None = None
     learning_rate_times_sharpness: float | None = None
     learning_rate_schedule: Any = None
 
@@ -71,7 +74,13 @@ class Protocol:
 
     def schedule(self):
         """The `probing.Schedule` of logged rows and probes over `num_steps`."""
-        return Schedule(self.log_every, self.probe_every, self.num_steps, f"protocol.{self.name}")
+        return Schedule(
+            self.log_every,
+            self.probe_every,
+            self.num_steps,
+            f"protocol.{self.name}",
+            self.probe_growth,
+        )
 
 
 @gin.configurable(module="protocol")
@@ -80,11 +89,13 @@ def gd(
     num_steps=1000,
     log_every=10,
     probe_every=None,
+    probe_growth=None,
     learning_rate_times_sharpness=None,
 ):
     """Full-batch gradient descent, the setting of the LPLR theorems.
 
-    `probe_every` defaults to `log_every`. `learning_rate_times_sharpness = c` sets the step
+    `probe_every` defaults to `log_every`; `probe_growth = 1.2` spaces the probes
+    geometrically (`probing.Schedule`). `learning_rate_times_sharpness = c` sets the step
     size from the sharpness β₀ at initialization, η = c / β₀, instead of `learning_rate`.
     """
     return Protocol(
@@ -95,6 +106,7 @@ def gd(
         seed=0,
         log_every=validation.integer("protocol.gd.log_every", log_every, 1),
         probe_every=validation.integer("protocol.gd.probe_every", probe_every or log_every, 1),
+        probe_growth=probe_growth,
         learning_rate_times_sharpness=_sharpness_factor("gd", learning_rate_times_sharpness),
     )
 
@@ -108,6 +120,7 @@ def sgd(
     log_every=50,
     probe_every=None,
     probe_size=256,
+    probe_growth=None,
     learning_rate_schedule=None,
     learning_rate_times_sharpness=None,
 ):
@@ -132,6 +145,7 @@ def sgd(
         probe_size=None
         if probe_size is None
         else validation.integer("protocol.sgd.probe_size", probe_size, 1),
+        probe_growth=probe_growth,
         learning_rate_times_sharpness=_sharpness_factor("sgd", learning_rate_times_sharpness),
         learning_rate_schedule=learning_rate_schedule,
     )

@@ -264,3 +264,32 @@ def test_preempted_between_logged_steps_resumes_from_the_checkpointed_step(
     # The rerun continues from the weights of step 63 (not from the last row's step 60).
     summary = train.launch(["digits_fc_gd.gin"], BINDINGS, str(tmp_path))
     _assert_identical(str(tmp_path), summary, uninterrupted)
+
+
+def test_sigterm_inside_a_probe_stops_it_checkpoints_and_the_rerun_redoes_it(
+    tmp_path, monkeypatch, uninterrupted
+):
+    """SIGTERM during the kernel statistics of step 40: the probe polls the flag, the run
+    checkpoints step 40 without its row and exits 4; the rerun measures step 40 again."""
+    from lplr_tf import ntk
+
+    statistics = ntk.kernel_statistics
+    seen = []
+
+    def interrupted_at_40(*args, should_stop=None, **kwargs):
+        seen.append(should_stop)
+        if len(seen) == 3:  # the probes of steps 0 and 20 ran; this is step 40's
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert should_stop is not None and should_stop()  # the handler set the flag
+        return statistics(*args, should_stop=should_stop, **kwargs)
+
+    with monkeypatch.context() as patches:
+        patches.setattr(ntk, "kernel_statistics", interrupted_at_40)
+        started = time.monotonic()
+        assert _main(tmp_path) == errors.EXIT_PREEMPTED
+        assert time.monotonic() - started < 120
+    run_dir = RunDirectory(tmp_path)
+    assert [row["step"] for row in run_dir.read_metrics()][-1] == 35  # no row for step 40
+    assert int(tf.train.latest_checkpoint(run_dir.checkpoints).rsplit("-", 1)[1]) == 40
+    assert _main(tmp_path) == errors.EXIT_OK
+    _assert_identical(str(tmp_path), run_dir.read_summary(), uninterrupted)

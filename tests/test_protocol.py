@@ -63,3 +63,21 @@ def test_sgd_learning_rate_schedule_is_applied(tmp_path):
     drifts = [row["drift"] for row in RunDirectory(tmp_path).read_metrics()]
     assert drifts[0] == 0.0 and drifts[1] > 0.0
     assert drifts[1] == drifts[2] == drifts[3]
+
+
+def test_geometric_probes_are_dense_early_and_sparse_late():
+    schedule = protocol.gd(
+        num_steps=10_000, log_every=10, probe_every=50, probe_growth=1.5
+    ).schedule()
+    probes = [step for step in range(0, 10_001, 10) if schedule.is_probe_step(step)]
+    # After a probe at p the next is at p + max(50, 0.5·p), rounded up to a logged step.
+    expected = [0]
+    while expected[-1] < 10_000:
+        gap = max(50, 0.5 * expected[-1])
+        expected.append(min(10_000, int(-(-(expected[-1] + gap) // 10) * 10)))
+    assert probes == expected
+    assert len(probes) == 15  # O(log T) probes instead of 10_000 / 50 = 200
+    # Steps reported several at a time: the next probe after any step is the sequence's.
+    assert schedule.next_probe_step(240) == 350 and schedule.next_probe_step(230) == 350
+    with pytest.raises(ValueError, match="protocol.gd.probe_growth = 1.0"):
+        protocol.gd(probe_growth=1.0)
