@@ -243,8 +243,14 @@ def _parameter_drift_panel(axis, rows):
 
 
 def _kernel_drift_panel(axis, rows, kernel_drift_bound):
-    # Log scale: a drift 40× below its bound stays readable (K_0's own zero is left out).
-    steps, kernel = figures.positive(*figures.series(rows, "kernel_drift"))
+    steps, kernel = figures.series(rows, "kernel_drift")
+    positive = kernel[kernel > 0]
+    # A drift far below its bound (> 10× apart) goes on a log scale so both stay readable
+    # (K_0's own zero is then left out); else a linear scale from 0.
+    spread = max(positive.max(), kernel_drift_bound) / positive.min() if positive.size else 1
+    logarithmic = spread > 10.0
+    if logarithmic:
+        steps, kernel = steps[kernel > 0], positive
     if steps.size == 0:
         axis.set_xlabel("step $t$")
         return figures.not_measured(axis, "kernel drift")
@@ -263,7 +269,10 @@ def _kernel_drift_panel(axis, rows, kernel_drift_bound):
         linewidth=1.5,
         label=f"local-regime bound {kernel_drift_bound:g}",
     )
-    axis.set_yscale("log")
+    if logarithmic:
+        axis.set_yscale("log")
+    else:
+        axis.set_ylim(bottom=0.0)
     axis.set_xlabel("step $t$")
     axis.set_ylabel(r"$\|K_t - K_0\|_F / \|K_0\|_F$")
     axis.legend()

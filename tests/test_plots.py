@@ -129,8 +129,18 @@ def test_convergence_panels_hold_the_rows():
     kernel = panel(figure, "kernel_drift")
     steps, values = data(line(kernel, r"$\|K_t - K_0\|_F"))
     assert values == pytest.approx(column(rows, "kernel_drift", positive=True)[1])
-    assert steps[0] == 5.0  # K_0's own zero is not on the log axis
+    assert steps[0] == 5.0 and kernel.get_yscale() == "log"  # 0.01 … 0.12 vs 0.5: no zero
     assert list(data(line(kernel, "local-regime bound"))[1]) == [0.5, 0.5]
+
+
+def test_a_kernel_drift_near_its_bound_is_on_a_linear_scale_from_zero():
+    rows = full_rows()
+    for index, row in enumerate(rows):
+        row["kernel_drift"] = 0.0 if index == 0 else 0.2 + 0.01 * index  # within 10× of 0.5
+    kernel = panel(plots.convergence_figure(rows, summarize(rows)), "kernel_drift")
+    assert kernel.get_yscale() == "linear" and kernel.get_ylim()[0] == 0.0
+    steps, values = data(line(kernel, r"$\|K_t - K_0\|_F"))
+    assert (list(steps), list(values)) == column(rows, "kernel_drift")
 
 
 def test_the_relative_drift_axis_is_the_drift_over_the_initial_norm():
