@@ -4,13 +4,13 @@
 registered here by hand, under the module name `keras`. The settings dataclasses of the
 analysis (kept free of gin: it is a pure library) and of the probes are registered here too,
 under their own module names: `analysis.Settings.tolerance = 1e-8`,
-`diagnostics.ProbeSettings.measure_sharpness = False`.
+`diagnostics.ProbeSettings.measure_sharpness = False`, `figures.FigureSettings.formats = ('pdf',)`.
 """
 
 import gin
 import keras
 
-from lplr_tf import analysis, diagnostics
+from lplr_tf import analysis, diagnostics, figures
 
 for _schedule in (
     keras.optimizers.schedules.ExponentialDecay,
@@ -21,3 +21,4 @@ for _schedule in (
 
 gin.external_configurable(analysis.Settings, module="analysis")
 gin.external_configurable(diagnostics.ProbeSettings, module="diagnostics")
+gin.external_configurable(figures.FigureSettings, module="figures")

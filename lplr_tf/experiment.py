@@ -29,6 +29,7 @@ from lplr_tf import (  # noqa: F401
     configurables,
     data,
     distribute,
+    figures,
     initialization,
     models,
     ntk,
@@ -59,6 +60,7 @@ def run(
     strategy=distribute.default,
     probe_settings=None,
     analysis_settings=None,
+    figure_settings=None,
     stop_on_convergence=True,
     checkpoint_every=None,
     config_text=None,
@@ -74,6 +76,8 @@ def run(
       strategy: A tf.distribute strategy factory, e.g. `@distribute.mirrored`.
       probe_settings: What the probes measure, a `diagnostics.ProbeSettings`.
       analysis_settings: L*, the tolerance, the divergence bound, ..., an `analysis.Settings`.
+      figure_settings: The formats and dpi of plots/convergence.*, a `figures.FigureSettings`
+        (None: PNG).
       stop_on_convergence: Stop training at convergence instead of running num_steps.
       checkpoint_every: Steps between checkpoints, a multiple of the log interval (default:
         the probe interval). A checkpoint is also written at step 0, at the end, and on
@@ -95,6 +99,7 @@ def run(
     preflight.check_arguments(workdir, probe_settings, analysis_settings, stop_on_convergence)
     probe_settings = probe_settings or ProbeSettings()
     analysis_settings = analysis_settings or analysis.Settings()
+    figure_settings = figures.figure_settings(figure_settings, "experiment.run.figure_settings")
     numerics = make_numerics()
     numerics.apply()
     strategy = preflight.make_strategy(strategy)
@@ -104,7 +109,7 @@ def run(
     run_dir = _own_run_dir(workdir, strategy).create()
     with RunLock(run_dir):
         _record_config(run_dir, config_text)
-        finished = _finished_summary(run_dir)
+        finished = _finished_summary(run_dir, figure_settings.formats)
         if finished is not None:
             return finished
         with strategy.scope():
@@ -159,7 +164,7 @@ def run(
             parts.plan,
             analysis_settings,
             parts.facts,
-            title=f"{parts.network.name} on {training_set.name}, {parts.plan.name}",
+            figure_settings,
         )
 
 
@@ -178,16 +183,17 @@ def _record_config(run_dir, config_text):
         run_dir.write_config(config_text)
 
 
-def _finished_summary(run_dir):
-    """The summary of a finished run (final status, plot written), else None."""
+def _finished_summary(run_dir, formats):
+    """The summary of a finished run (final status, plots written), else None."""
     summary = run_dir.read_summary()
     if not summary or summary.get("status") not in analysis.FINAL_STATUSES:
         return None
-    if not os.path.isfile(run_dir.convergence_plot):
+    missing = [p for p in run_dir.convergence_plots(formats) if not os.path.isfile(p)]
+    if missing:
         logging.info(
             "%s: summary.json is final but %s is missing; finishing the run again.",
             run_dir.path,
-            run_dir.convergence_plot,
+            missing[0],
         )
         return None
     logging.info("%s already finished (%s); nothing to do.", run_dir.path, summary["status"])
@@ -255,6 +261,7 @@ def _initial_facts(run_dir, plan, probe_settings, network, training_set, probe_s
         facts = initialization.facts(
             plan, probe_settings, training_set, int(probe_size), calibration, check
         )
+        facts.update(model=network.name, batch_size=plan.batch_size)  # the figure's title
     elif plan.learning_rate_times_sharpness is not None:
         plan = dataclasses.replace(plan, learning_rate=facts["learning_rate"])
     return plan, facts
@@ -333,8 +340,8 @@ def _train(
             raise
 
 
-def _finish(run_dir, rows, plan, settings, facts, title):
-    """Writes the convergence plot, then summary.json (last: a final summary means done)."""
+def _finish(run_dir, rows, plan, settings, facts, figure_settings):
+    """Writes the convergence plots, then summary.json (last: a final summary means done)."""
     summary = analysis.summarize(
         rows,
         learning_rate=plan.learning_rate,
@@ -342,11 +349,8 @@ def _finish(run_dir, rows, plan, settings, facts, title):
         num_steps=plan.num_steps,
         run=facts,
     )
-    path = run_dir.convergence_plot
-    root, extension = os.path.splitext(path)
-    partial = f"{root}.partial{extension}"  # a plot cut short is never taken for a whole one
-    plots.plot_convergence(rows, summary, partial, title=title)
-    os.replace(partial, path)
+    # Each file is written whole under a temporary name, then renamed (figures.save_figure).
+    plots.plot_convergence(rows, summary, run_dir.convergence_stem, figure_settings)
     run_dir.write_summary(summary)
     return summary
 

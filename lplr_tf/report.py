@@ -1,14 +1,15 @@
 """`lplr-report`: recompute runs' summary.json and plots from their metrics.jsonl, and compare.
 
     lplr-report WORKDIR [WORKDIR ...] [--learning_rate=η] [--l_star=L*] [--output_dir=DIR]
-        [--noplots]
+        [--formats=pdf,png] [--dpi=300] [--noplots]
 
 For each run directory the analysis settings come from its `summary.json`
 (`summary["settings"]`); `--learning_rate` / `--l_star` override them, or supply them when
 summary.json is missing. The summary is recomputed with `analysis.summarize`, written back
-through `rundir.RunDirectory` and `plots/convergence.png` is redrawn; the verdict is printed.
-With several run directories a markdown comparison table is printed and `comparison.png` is
-drawn in `--output_dir` (default: the directory that holds the run directories).
+through `rundir.RunDirectory` and `plots/convergence.png` is redrawn (`--formats`: png, pdf,
+svg); the verdict is printed. With several run directories a markdown comparison table is
+printed and `comparison.png` is drawn in `--output_dir` (default: the directory that holds
+the run directories).
 
 lplr-report never rewrites a finished run's summary from fewer steps than it recorded (a
 metrics.jsonl whose last line was truncated, or that lost rows): it stops with a message
@@ -24,11 +25,11 @@ import sys
 
 from absl import flags
 
-from lplr_tf import analysis, errors, plots, tables
+from lplr_tf import analysis, comparison_plot, errors, figures, plots, tables
 from lplr_tf.errors import ConfigError
 from lplr_tf.rundir import RunDirectory
 
-COMPARISON_PLOT = "comparison.png"
+COMPARISON_STEM = "comparison"  # comparison.<format>
 HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
 COMPARISON_COLUMNS = (
     "status",
@@ -162,7 +163,7 @@ def _refuse_lost_rows(run_dir, rows, previous):
     )
 
 
-def report_run(workdir, *, learning_rate=None, l_star=None, plot=True):
+def report_run(workdir, *, learning_rate=None, l_star=None, plot=True, figure_settings=None):
     """Recomputes one run's summary.json (and plots/convergence.png); returns (rows, summary).
 
     Raises:
@@ -182,7 +183,7 @@ def report_run(workdir, *, learning_rate=None, l_star=None, plot=True):
     summary = analysis.summarize(rows, **arguments)
     run_dir.write_summary(summary)
     if plot:
-        plots.plot_convergence(rows, summary, run_dir.convergence_plot, title=run_dir.name)
+        plots.plot_convergence(rows, summary, run_dir.convergence_stem, figure_settings)
     return rows, summary
 
 
@@ -217,6 +218,10 @@ def define_flags():
         **define,
     )
     flags.DEFINE_bool("plots", True, "Redraw convergence.png and draw comparison.png.", **define)
+    flags.DEFINE_list(
+        "formats", ["png"], f"Figure formats, one or more of {figures.FORMATS}.", **define
+    )
+    flags.DEFINE_integer("dpi", figures.FigureSettings.dpi, "Resolution of PNG figures.", **define)
     return values
 
 
@@ -242,6 +247,7 @@ def main(argv=None, stdout=None):
             "lplr-report: no WORKDIR given; expected one or more run directories, e.g. "
             "lplr-report runs/demo."
         )
+    settings = figures.settings_from_flags(values.formats, values.dpi)
     runs = []
     for workdir in workdirs:
         rows, summary = report_run(
@@ -249,6 +255,7 @@ def main(argv=None, stdout=None):
             learning_rate=values.learning_rate,
             l_star=values.l_star,
             plot=values.plots,
+            figure_settings=settings,
         )
         name = RunDirectory(workdir).name
         print(f"{name}: {summary['verdict']}", file=stdout)
@@ -259,9 +266,10 @@ def main(argv=None, stdout=None):
         if values.plots:
             output_dir = values.output_dir or default_output_dir(workdirs)
             os.makedirs(output_dir, exist_ok=True)
-            path = os.path.join(output_dir, COMPARISON_PLOT)
-            plots.plot_comparison(runs, path)
-            print(f"\nComparison figure: {path}", file=stdout)
+            paths = comparison_plot.plot_comparison(
+                runs, os.path.join(output_dir, COMPARISON_STEM), settings
+            )
+            print(f"\nComparison figure: {', '.join(paths)}", file=stdout)
     return errors.EXIT_OK
 
 

@@ -5,7 +5,7 @@
       operative_config.gin   what was used: every configurable parameter after defaults
       metrics.jsonl          one JSON object per logged step (the source of truth)
       summary.json           the convergence summary
-      plots/                 convergence.png (and the figures of lplr-report)
+      plots/                 convergence.png (.pdf, .svg: figures.FigureSettings.formats)
       tb/                    TensorBoard events
       checkpoints/           for resume after a crash or preemption
       reference.npz          K₀ and r₀ of the first NTK probe, stored once (for resume)
@@ -31,7 +31,9 @@ OPERATIVE_CONFIG_FILE = "operative_config.gin"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOTS_DIR = "plots"
-CONVERGENCE_PLOT = "convergence.png"
+CONVERGENCE_STEM = "convergence"  # plots/convergence.<format>
+FIGURE_FORMATS = ("png", "pdf", "svg")  # the formats figures.FigureSettings may choose
+CONVERGENCE_PLOT = f"{CONVERGENCE_STEM}.png"
 TENSORBOARD_DIR = "tb"
 CHECKPOINTS_DIR = "checkpoints"
 REFERENCE_FILE = "reference.npz"
@@ -89,6 +91,16 @@ class RunDirectory:
     @property
     def convergence_plot(self):
         return self._join(PLOTS_DIR, CONVERGENCE_PLOT)
+
+    @property
+    def convergence_stem(self):
+        """plots/convergence without extension: the figure is written in each chosen format."""
+        return self._join(PLOTS_DIR, CONVERGENCE_STEM)
+
+    def convergence_plots(self, formats=None):
+        """The paths of the convergence figure in `formats`; None: those that exist."""
+        paths = [f"{self.convergence_stem}.{f}" for f in formats or FIGURE_FORMATS]
+        return paths if formats is not None else [p for p in paths if os.path.isfile(p)]
 
     @property
     def tensorboard(self):

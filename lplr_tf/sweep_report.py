@@ -9,7 +9,7 @@ sweep.md                the runs, and per combination the mean, 95 % Student-t i
 sweep_aggregate.csv     those statistics as numbers
 plots/sweep.png         ρ̂, final drift, kernel drift and PL envelope against the first grid
                         key (mean and 95 % interval; dots: seeds; ×: diverged, left out)
-plots/loss_curves.png   every run's loss and drift (`plots.plot_comparison`)
+plots/loss_curves.png   every run's loss and drifts (`comparison_plot.plot_comparison`)
 
 Nothing here depends on how the runs were executed: the local and Ray backends write the same
 files from the same runs.
@@ -25,8 +25,8 @@ from lplr_tf.sweep_grid import python_value
 CSV_FILE = "sweep.csv"
 MARKDOWN_FILE = "sweep.md"
 AGGREGATE_FILE = "sweep_aggregate.csv"
-SWEEP_PLOT = "sweep.png"
-LOSS_CURVES_PLOT = "loss_curves.png"
+SWEEP_PLOT = "sweep"  # plots/sweep.<format>
+LOSS_CURVES_PLOT = "loss_curves"
 
 # The per-run columns of sweep.md (sweep.csv has every summary field).
 RUN_COLUMNS = (
@@ -190,12 +190,13 @@ def _draw_metric(axis, name, runs, keys, labels, positions):
     return drawn
 
 
-def plot_sweep(workdir, runs, keys, labels):
-    """plots/sweep.png (metrics vs the first grid key) and plots/loss_curves.png."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def plot_sweep(workdir, runs, keys, labels, figure_settings=None):
+    """plots/sweep.png (metrics vs the first grid key) and plots/loss_curves.png.
 
-    from lplr_tf import plots
+    `figure_settings` (a `figures.FigureSettings`) chooses the formats and dpi; the style is
+    `figures`', shared with lplr-train and lplr-report.
+    """
+    from lplr_tf import comparison_plot, figures
 
     plot_dir = os.path.join(workdir, "plots")
     os.makedirs(plot_dir, exist_ok=True)
@@ -208,36 +209,32 @@ def plot_sweep(workdir, runs, keys, labels):
         except (FileNotFoundError, ValueError):
             continue
     if curves:
-        path = os.path.join(plot_dir, LOSS_CURVES_PLOT)
-        plots.plot_comparison(curves, path)
-        written.append(path)
+        stem = os.path.join(plot_dir, LOSS_CURVES_PLOT)
+        written += comparison_plot.plot_comparison(curves, stem, figure_settings)
     if not keys or not done:
         return written
     x_values = [python_value(v) for v in keys[0].values]
     numeric = _numeric(x_values)
     positions = x_values if numeric else list(range(len(x_values)))
-    figure = Figure(figsize=(4.5 * len(PLOTTED), 4.5))
-    axes = figure.subplots(1, len(PLOTTED))
-    for axis, name in zip(axes, PLOTTED):
-        drawn = _draw_metric(axis, name, done, keys, labels, positions)
-        bound = _kernel_drift_bound(done) if name == "kernel_drift" else None
-        if bound is not None:
-            axis.axhline(bound, color="gray", linestyle=":", label="kernel drift bound")
-        if numeric and min(positions) > 0 and max(positions) / min(positions) >= 10:
-            axis.set_xscale("log")
-        if not numeric:
-            axis.set_xticks(positions, [str(v) for v in x_values])
-        axis.set_xlabel(labels[0])
-        axis.set_title(f"{tables.FIELDS[name].title}: mean, 95 % interval", fontsize=9)
-        if drawn and axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
-    if any(r.status == "diverged" for r in done):
-        figure.suptitle("× : a seed diverged there (left out of the mean)", fontsize=8)
-    figure.tight_layout()
-    FigureCanvasAgg(figure)
-    path = os.path.join(plot_dir, SWEEP_PLOT)
-    figure.savefig(path, format="png", dpi=110)
-    written.append(path)
+    with figures.styled():  # rcParams are read as the artists are made
+        figure = figures.new_figure(1.9 * len(PLOTTED), 2.6)
+        for axis, name in zip(figure.subplots(1, len(PLOTTED)), PLOTTED):
+            drawn = _draw_metric(axis, name, done, keys, labels, positions)
+            bound = _kernel_drift_bound(done) if name == "kernel_drift" else None
+            if bound is not None:
+                axis.axhline(bound, color="gray", linestyle=":", label="kernel drift bound")
+            if numeric and min(positions) > 0 and max(positions) / min(positions) >= 10:
+                axis.set_xscale("log")
+            if not numeric:
+                axis.set_xticks(positions, [str(v) for v in x_values])
+            axis.set_xlabel(labels[0])
+            axis.set_title(f"{tables.FIELDS[name].title}: mean, 95 % interval")
+            if drawn and axis.get_legend_handles_labels()[0]:
+                axis.legend()
+        if any(r.status == "diverged" for r in done):
+            figure.suptitle("× : a seed diverged there (left out of the mean)")
+        figures.place_legends(figure)
+    written += figures.save_figure(figure, os.path.join(plot_dir, SWEEP_PLOT), figure_settings)
     return written
 
 

@@ -201,7 +201,8 @@ def main(argv):
         logging.error("%s", message)
         return errors.EXIT_CONFIG_ERROR
     run_dir = RunDirectory(workdir)
-    sys.stdout.write("\n" + verdict_paragraph(summary, run_dir.summary, run_dir.convergence_plot))
+    figures = ", ".join(run_dir.convergence_plots()) or run_dir.convergence_plot  # as written
+    sys.stdout.write("\n" + verdict_paragraph(summary, run_dir.summary, figures))
     sys.stdout.flush()
     return errors.EXIT_DIVERGED if summary["status"] == "diverged" else errors.EXIT_OK
 

@@ -118,9 +118,9 @@ def main(argv=None):
 
     summary = callback.summary()
     RunDirectory(args.output_dir).write_summary(summary)
-    plot_path = os.path.join(args.output_dir, "plots", "convergence.png")
-    plots.plot_convergence(
-        callback.history, summary, plot_path, title=f"{model.name} on {digits.name}"
+    stem = os.path.join(args.output_dir, "plots", "convergence")  # .png: figures.FigureSettings
+    (plot_path,) = plots.plot_convergence(
+        callback.history, summary, stem, title=f"{model.name} on {digits.name}"
     )
 
     fit, ntk, bound = summary["fit"], summary["ntk"], summary["bound"]
