@@ -13,29 +13,28 @@ radii R₀/4, R₀/2, R₀. Per sample it measures λ_min(K(θ₀ + δ)) and ‖
 The check `holds` when every sample has λ_min ≥ μ₀ and η ≤ 1/β₀. It is a sampled check,
 not a proof: a sample can miss the worst point of the ball.
 
-Cost: the check is one eigendecomposition of K₀ (size d = nO) plus, per sample, one kernel
-and float64 eigensolves; a probe is one kernel, one eigensolve and a Lanczos sharpness.
-With d ≤ `LARGE_KERNEL_DIM` all samples are taken (9 by default) and ‖K − K₀‖₂ is exact;
-above it, only the first `LARGE_KERNEL_SAMPLES` in the order radius R₀ first, then the
-gradient, bottom and top directions, and ‖K − K₀‖₂ is a Lanczos estimate from below
-(`kernel_change_method`). scripts/benchmark_a_priori.py measures the ratio to a probe. A
-kernel whose working set (about 4·8·d² bytes) exceeds `memory_budget_bytes` is skipped
-with a note.
+Cost: per sample one kernel and its statistics (`ntk.kernel_statistics`: λ_min by a
+Cholesky factorization, ‖K − K₀‖₂ by Lanczos), the cost of an NTK probe; K₀'s bottom and top
+eigenvectors are the Ritz vectors of its own statistics (a full eigendecomposition only
+for `num_eigenvectors` > 1 on kernels up to `LARGE_KERNEL_DIM`). With d = nO ≤
+`LARGE_KERNEL_DIM` all samples are taken (9 by default); above it only the first
+`LARGE_KERNEL_SAMPLES`, in the order radius R₀ first, then the gradient, bottom and top
+directions, so the check costs about two probes. scripts/benchmark_a_priori.py measures the
+ratio to a probe. A kernel whose working set (Θ₀ and a sampled Θ in float32, one float64
+workspace: 16·d² bytes) exceeds the memory budget is skipped with a note.
 """
 
 import numpy as np
 import tensorflow as tf
 
 from lplr_tf import hessian, ntk
-from lplr_tf.ntk.lanczos import lanczos_extreme_eigenvalues
 
 KIND = "sampled check, not a proof"
 DEFAULT_RADII = (0.25, 0.5, 1.0)
 LARGE_KERNEL_DIM = 1024
 LARGE_KERNEL_SAMPLES = 2
-LANCZOS_ITERATIONS = 40
-# The check holds K₀, its eigenvectors, one sampled kernel and a difference: 4 d×d float64.
-BYTES_PER_KERNEL_ENTRY = 4 * 8
+# The check holds Θ₀ and one sampled Θ (float32) and the statistics' float64 workspace.
+BYTES_PER_KERNEL_ENTRY = 4 + 4 + 8
 
 
 def _check_arguments(learning_rate, output_mode, radii, num_eigenvectors):
@@ -89,22 +88,18 @@ def parameter_directions(network, x, vectors):
     return np.stack(directions)
 
 
-def _normalized_kernel(network, x, output_mode, memory_budget_bytes):
-    theta = ntk.empirical_ntk(
-        network, x, output_mode=output_mode, memory_budget_bytes=memory_budget_bytes
-    )
-    kernel = np.asarray(theta, np.float64) / int(x.shape[0])
-    return theta, 0.5 * (kernel + kernel.T)
+def _kernel(network, x, output_mode):
+    """Θ(x, x) as NumPy (unnormalized)."""
+    return ntk.empirical_ntk(network, x, output_mode=output_mode, as_numpy=True)
 
 
-def _operator_norm(matrix):
-    """‖A‖₂ of a symmetric matrix: dense up to LARGE_KERNEL_DIM, else Lanczos (from below)."""
-    if matrix.shape[0] <= LARGE_KERNEL_DIM:
-        return float(np.max(np.abs(np.linalg.eigvalsh(matrix))))
-    low, high = lanczos_extreme_eigenvalues(
-        lambda v: matrix @ v, matrix.shape[0], num_iterations=LANCZOS_ITERATIONS
-    )
-    return max(abs(low), abs(high))
+def _extreme_eigenvectors(theta0, statistics, num_eigenvectors, scale):
+    """(d, 2k) columns: the k bottom, then the k top eigenvectors of K₀ (ascending)."""
+    if num_eigenvectors <= 1 or theta0.shape[0] > LARGE_KERNEL_DIM:
+        vectors = statistics.vectors
+        columns = [vectors[name] for name in ("lambda_min", "lambda_max") if name in vectors]
+        return np.stack(columns, axis=1) if num_eigenvectors else np.zeros((len(theta0), 0))
+    return ntk.ntk_spectrum(theta0, scale=scale, return_eigenvectors=True).eigenvectors
 
 
 def _sample_plan(eigenvectors, residual0, num_eigenvectors, radii):
@@ -176,7 +171,7 @@ def check(
         "output_mode": output_mode,
         "learning_rate": float(learning_rate),
         "kernel_dim": dim,
-        "kernel_change_method": "dense" if dim <= LARGE_KERNEL_DIM else "lanczos (lower estimate)",
+        "kernel_change_method": "lanczos (to 1e-8 relative)",
         "lambda0": None,
         "mu0": None,
         "beta0": None,
@@ -193,16 +188,19 @@ def check(
     }
     if output_mode == "trace" and num_outputs > 1:
         return _skipped(result, f"trace kernel with O = {num_outputs} is not the theory's kernel")
-    if memory_budget_bytes and BYTES_PER_KERNEL_ENTRY * dim * dim > memory_budget_bytes:
+    budget = memory_budget_bytes or ntk.memory_budget()
+    if BYTES_PER_KERNEL_ENTRY * dim * dim > budget:
         return _skipped(
             result,
             f"kernels of size {dim}×{dim} need ~{BYTES_PER_KERNEL_ENTRY * dim * dim:.3g} bytes "
-            f"> memory_budget_bytes = {memory_budget_bytes:.3g}",
+            f"> the memory budget of {budget:.3g} bytes",
         )
-    theta0, kernel0 = _normalized_kernel(network, x, output_mode, memory_budget_bytes)
-    spectrum = ntk.ntk_spectrum(theta0, scale=1.0 / n, return_eigenvectors=True)
-    beta0 = float(hessian.sharpness(network, x, y) if sharpness is None else sharpness)
-    lambda0 = float(spectrum.lambda_min)
+    theta0 = _kernel(network, x, output_mode)
+    statistics0 = ntk.kernel_statistics(theta0, scale=1.0 / n)
+    if sharpness is None:
+        sharpness = hessian.measure_sharpness(network, x, y, warm_start=False).value
+    beta0 = float(sharpness)
+    lambda0 = float(statistics0.lambda_min)
     result.update(lambda0=lambda0, mu0=lambda0 / 2, beta0=beta0)
     result["step_size_ok"] = bool(learning_rate * beta0 <= 1.0)
     if lambda0 <= 0:
@@ -210,7 +208,8 @@ def check(
         return _skipped(result, f"λ_min(K₀) = {lambda0:.3g} ≤ 0: no PL constant at θ₀")
     radius = 2.0 * np.sqrt(2.0 * beta0 * result["loss0"]) / result["mu0"]
     result["radius"] = float(radius)
-    plan = _sample_plan(spectrum.eigenvectors, residual0, num_eigenvectors, radii)
+    eigenvectors = _extreme_eigenvectors(theta0, statistics0, num_eigenvectors, 1.0 / n)
+    plan = _sample_plan(eigenvectors, residual0, num_eigenvectors, radii)
     if max_samples is None:
         max_samples = len(plan) if dim <= LARGE_KERNEL_DIM else LARGE_KERNEL_SAMPLES
     plan = plan[:max_samples]
@@ -229,15 +228,20 @@ def check(
             delta = direction * (fraction * radius / length)
             for variable, start, part in zip(variables, saved, hessian.unflatten(delta, shapes)):
                 variable.assign((start + part).astype(start.dtype))
-            theta, kernel = _normalized_kernel(network, x, output_mode, memory_budget_bytes)
-            change = _operator_norm(kernel - kernel0)
+            statistics = ntk.kernel_statistics(
+                _kernel(network, x, output_mode),
+                theta0,
+                scale=1.0 / n,
+                quantities=("lambda_min", "kernel_drift"),
+            )
+            change = float(statistics.kernel_drift_op)
             step = float(np.linalg.norm(delta))
             result["samples"].append(
                 {
                     "direction": name,
                     "radius_fraction": float(fraction),
                     "radius": step,
-                    "lambda_min": float(ntk.ntk_spectrum(theta, scale=1.0 / n).lambda_min),
+                    "lambda_min": float(statistics.lambda_min),
                     "kernel_change": change,
                     "lipschitz": change / step,
                 }

@@ -337,7 +337,7 @@ def summarize(rows, *, learning_rate, settings=None, num_steps=None, run=None):
             "lambda_max_max": _max([v for _, v in _series(rows, "ntk_lambda_max")]),
             "kernel_drift_final": _last(_series(rows, "kernel_drift")),
             "output_mode": facts.get("ntk_output_mode", "full"),
-            "kind": MEASURED,
+            **_probe_path(facts),
         },
         "sharpness": sharpness,
         "bound": claims.bound_section(
@@ -359,3 +359,13 @@ def summarize(rows, *, learning_rate, settings=None, num_steps=None, run=None):
         divergence_loss = finite(next(r for r in rows if r["step"] == status_step)["loss"])
     summary["verdict"] = verdict_sentence(summary, divergence_loss)
     return json_safe(summary)
+
+
+def _probe_path(facts):
+    """How the NTK was probed: "dense" or "matrix_free" (its λ_min and trace are estimates)."""
+    estimates = sorted(facts.get("ntk_estimates") or ())
+    return {
+        "path": facts.get("ntk_path"),
+        "estimates": estimates,
+        "kind": ESTIMATE if estimates else MEASURED,
+    }

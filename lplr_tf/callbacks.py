@@ -393,6 +393,8 @@ class LPLRCallback(keras.callbacks.Callback):
                 "ntk_output_mode": self.probe_settings.ntk_output_mode,
                 "num_outputs": self._info["num_outputs"],
                 "probe_size": self._info["probe_examples"],
+                "ntk_path": self.recorder.diagnostics.path,
+                "ntk_estimates": list(self.recorder.diagnostics.estimates),
             },
         )
         info = dict(self._info, learning_rate=float(learning_rate))

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from lplr_tf import hessian, losses, ntk, validation
 from lplr_tf.ntk.common import OUTPUT_MODES
+from lplr_tf.ntk.matfree import ESTIMATES as MATRIX_FREE_ESTIMATES
 from lplr_tf.probing import Measurement
 from lplr_tf.values import finite
 
@@ -181,16 +182,24 @@ class Diagnostics:
             name: tf.Variable(tf.zeros([rows], tf.float64), trainable=False)
             for name in _WARM_STARTED
         }
-        self._sharpness = None
-        if self.settings.measure_sharpness:
-            self._sharpness = hessian.sharpness_solver(network, jit_compile=jit_compile)
+
+    def _sharpness(self):
+        """The network's compiled sharpness solver. Built on first use, outside the strategy
+        scope the probe is constructed in: its tf.function must not capture mirrored
+        variables, which have no handle in the cross-replica context of a probe."""
+        return hessian.sharpness_solver(self.network, jit_compile=self._jit_compile)
 
     def checkpoint_state(self):
         """The trackables a checkpoint must hold: θ₀ and the warm starts of the solves."""
         state = {"theta0": self.theta0, "ntk_probes": self._num_probes, **self._start_vectors}
-        if self._sharpness is not None:
-            state["sharpness"] = self._sharpness.state
+        if self.settings.measure_sharpness:
+            state["sharpness"] = self._sharpness().state
         return state
+
+    @property
+    def estimates(self):
+        """The NTK quantities that are estimates on this probe path (none when dense)."""
+        return MATRIX_FREE_ESTIMATES if self.path == "matrix_free" else ()
 
     @property
     def predicts_linearized(self):
@@ -274,10 +283,9 @@ class Diagnostics:
         Returns:
           A `probing.Measurement`. Its row has keys step, loss, probe_loss, grad_norm_sq,
           pl_ratio, drift, relative_drift; when probing the NTK ntk_lambda_min,
-          ntk_lambda_max, ntk_trace, ntk_condition, gn_sharpness (= λ_max(K)), ntk_path
-          ("dense" or "matrix_free"), ntk_estimates (the fields that are estimates), on the
-          dense path kernel_drift and kernel_drift_op, for SGD train_ntk_lambda_min (λ_min of
-          the whole training set's kernel); sharpness and sharpness_iterations; with the
+          ntk_lambda_max, ntk_trace, ntk_condition, gn_sharpness (= λ_max(K)), on the dense
+          path (`path`) kernel_drift and kernel_drift_op, for SGD train_ntk_lambda_min (λ_min
+          of the whole training set's kernel); sharpness and sharpness_iterations; with the
           linearized prediction loss_linearized and linearized_deviation = ‖r_t − r_t^lin‖ /
           ‖r₀‖. Non-finite values are None. The Measurement's `spectrum` is the
           `ntk.KernelStatistics` of the probe (its eigenvalues when the full spectrum was
@@ -305,14 +313,17 @@ class Diagnostics:
         if probed and self.settings.measure_ntk:
             statistics = self._measure_ntk(row)
         if probed and self.settings.measure_sharpness:
-            sharpness = self._sharpness(
-                self.x_probe, self.y_probe, tolerance=self.settings.sharpness_tolerance
-            )
-            row["sharpness"] = finite(sharpness.value)
-            row["sharpness_iterations"] = sharpness.iterations
+            row.update(self._measure_sharpness())
         if self._linearized is not None and row["loss"] is not None:
             row.update(self._linearized_fields(int(step)))
         return Measurement(row=row, probed=probed, spectrum=statistics)
+
+    def _measure_sharpness(self):
+        """sharpness β = λ_max(∇²L) on the probe set, and the Hessian-vector products used."""
+        result = self._sharpness()(
+            self.x_probe, self.y_probe, tolerance=self.settings.sharpness_tolerance
+        )
+        return {"sharpness": finite(result.value), "sharpness_iterations": result.iterations}
 
     def _residual(self):
         """r = vec(f(X) − Y) on the probe set, example-major, float64 (n·O,)."""
@@ -323,7 +334,7 @@ class Diagnostics:
         """Adds the NTK fields to `row`; returns the `ntk.KernelStatistics` of K = Θ/n."""
         scale = 1.0 / self._num_probe
         full_spectrum = self.settings.spectrum_every > 0 and (
-            int(self._num_probes) % self.settings.spectrum_every == 0
+            int(self._num_probes.numpy()) % self.settings.spectrum_every == 0
         )
         if self.path == "matrix_free":
             statistics = ntk.matrix_free_statistics(
@@ -358,10 +369,7 @@ class Diagnostics:
             ntk_trace=finite(statistics.trace),
             ntk_condition=finite(statistics.condition_number),
             gn_sharpness=finite(statistics.lambda_max),
-            ntk_path=self.path,
         )
-        if statistics.estimates:
-            row["ntk_estimates"] = sorted(statistics.estimates)
         if self._train_set is not None:
             train = ntk.kernel_statistics(
                 self._kernel(self._train_set),

@@ -113,10 +113,20 @@ def run(
         if finished is not None:
             return finished
         with strategy.scope():
+            network = preflight.make_model(model, training_set)
+            x_probe, y_probe = _probe_subset(training_set, plan)
+            calibrate_batch_norm(network, tf.constant(x_probe))  # a restore overrides it
+        # Outside the scope: the measurements at θ₀ read mirrored variables as plain ones.
+        plan, facts = _initial_facts(
+            run_dir, plan, probe_settings, network, training_set, x_probe.shape[0]
+        )
+        with strategy.scope():
             parts = _build(
+                network,
+                (x_probe, y_probe),
                 training_set,
-                model,
                 plan,
+                facts,
                 probe_settings,
                 analysis_settings,
                 numerics,
@@ -211,15 +221,19 @@ class _Parts:
 
 
 def _build(
-    training_set, model, plan, probe_settings, analysis_settings, numerics, strategy, run_dir
+    network,
+    probe_set,
+    training_set,
+    plan,
+    facts,
+    probe_settings,
+    analysis_settings,
+    numerics,
+    strategy,
+    run_dir,
 ):
-    """The network, its trainer, the probe and the batches, under the strategy's scope."""
-    network = preflight.make_model(model, training_set)
-    x_probe, y_probe = _probe_subset(training_set, plan)
-    calibrate_batch_norm(network, tf.constant(x_probe))  # a restored checkpoint overrides
-    plan, facts = _initial_facts(
-        run_dir, plan, probe_settings, network, training_set, x_probe.shape[0]
-    )
+    """The trainer, the probe and the batches, under the strategy's scope."""
+    x_probe, y_probe = probe_set
     trainer = build_trainer(
         network, plan.learning_rate, numerics.jit_compile, plan.learning_rate_schedule
     )
@@ -236,6 +250,7 @@ def _build(
         save_reference=run_dir.save_reference,
         jit_compile=numerics.jit_compile,
     )
+    facts.update(ntk_path=diagnostics.path, ntk_estimates=list(diagnostics.estimates))
     batches = iter(strategy.experimental_distribute_dataset(_batches(training_set, plan)))
     logging.info(
         "Data %s: n = %d, input %s, %d output(s). Model %s: %d parameters. %s. %d replica(s).",
@@ -259,9 +274,8 @@ def _initial_facts(run_dir, plan, probe_settings, network, training_set, probe_s
         plan, calibration = initialization.calibrated_protocol(plan, network, x, y)
         check = initialization.a_priori_check(plan, probe_settings, network, x, y)
         facts = initialization.facts(
-            plan, probe_settings, training_set, int(probe_size), calibration, check
+            plan, probe_settings, training_set, network, int(probe_size), calibration, check
         )
-        facts.update(model=network.name, batch_size=plan.batch_size)  # the figure's title
     elif plan.learning_rate_times_sharpness is not None:
         plan = dataclasses.replace(plan, learning_rate=facts["learning_rate"])
     return plan, facts

@@ -24,7 +24,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from lplr_tf.ntk import cache, common
+from lplr_tf.ntk import cache
 from lplr_tf.ntk.lanczos import lanczos_extreme_eigenvalues, lanczos_graph
 
 
@@ -50,7 +50,9 @@ def unflatten(vector, shapes):
 
 
 def _trainable(model, caller):
-    variables = common.trainable_tf_variables(model)
+    # The Keras variables themselves: under a tf.distribute strategy a tape reads them in
+    # the cross-replica context, where the MirroredVariable inside (`.value`) has no handle.
+    variables = list(model.trainable_variables)
     if not variables:
         raise ValueError(
             f"{caller}: model {model.name!r} has no trainable variables; expected a built "
@@ -65,10 +67,8 @@ def _graph_product(model_ref, variables, x, y, vector):
     parts = tf.split(vector, [int(np.prod(s)) for s in shapes])
     tangents = [tf.cast(tf.reshape(p, s), v.dtype) for p, s, v in zip(parts, shapes, variables)]
     zero = tf.UnconnectedGradients.ZERO
-    with tf.GradientTape(watch_accessed_variables=False) as outer:
-        outer.watch(variables)
-        with tf.GradientTape(watch_accessed_variables=False) as inner:
-            inner.watch(variables)
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as inner:
             prediction = model_ref()(x, training=False)
             residual = prediction - tf.reshape(tf.cast(y, prediction.dtype), tf.shape(prediction))
             count = tf.cast(tf.shape(prediction)[0], prediction.dtype)
@@ -139,7 +139,10 @@ def hessian_vector_product(model, x, y, vector):
     return _cached_product(model)(x, y, vector)
 
 
-def sharpness(model, x, y, *, num_iterations=20, seed=0):
+FIXED_ITERATIONS = 20
+
+
+def sharpness(model, x, y, *, num_iterations=FIXED_ITERATIONS, seed=0):
     """Sharpness by a fixed number of host-side Lanczos iterations (the reference path).
 
     Args:
@@ -207,7 +210,11 @@ class SharpnessSolver:
         krylov_dtype="float32",
     ):
         model_ref = weakref.ref(model)
+        self._model_ref = model_ref
         variables = _trainable(model, "measure_sharpness")
+        self._distributed = any(
+            isinstance(getattr(v, "value", v), tf.distribute.DistributedValues) for v in variables
+        )
         self.dim = int(sum(int(v.shape.num_elements()) for v in variables))
         self.max_iterations = int(max_iterations)
         rng = np.random.default_rng(seed)
@@ -249,6 +256,12 @@ class SharpnessSolver:
         return tf.train.Checkpoint(start=self._start, warm=self._warm)
 
     def __call__(self, x, y, *, tolerance, warm_start=True):
+        if self._distributed:
+            # Mirrored variables have no handle in the cross-replica context of a compiled
+            # Lanczos loop; each product as its own compiled call works: the fixed-count host
+            # path (20 products from a fixed start, no warm start).
+            value = sharpness(self._model_ref(), x, y, num_iterations=FIXED_ITERATIONS)
+            return SharpnessResult(value, FIXED_ITERATIONS, True, float("nan"))
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         result = self._solve(x, y, tf.constant(float(tolerance)), bool(warm_start))
         return SharpnessResult(

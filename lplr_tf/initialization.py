@@ -64,10 +64,12 @@ def a_priori_check(plan, probe_settings, network, x, y):
     )
 
 
-def facts(plan, probe_settings, training_set, probe_size, calibration, a_priori_result):
+def facts(plan, probe_settings, training_set, network, probe_size, calibration, a_priori_result):
     """The facts about a run that its summary reports and lplr-report needs to recompute it."""
     return {
         "protocol": plan.name,
+        "batch_size": plan.batch_size,
+        "model": network.name,
         "ntk_output_mode": probe_settings.ntk_output_mode,
         "num_outputs": training_set.output_dim,
         "train_size": training_set.n,

@@ -13,8 +13,10 @@ In one process, side by side (interleaved rounds, median over rounds):
   - lambda_max, lambda_min, kernel_drift: `kernel_statistics` with that quantity alone;
   - sharpness: `hessian.measure_sharpness`, warm-started (the previous probe was at other
     weights: a GD step is taken between rounds);
-  - probe: the whole probe as the recorder composes it: NTK → kernel_statistics(K, K₀)
-    → sharpness (warm);
+  - probe: the NTK part and the sharpness composed as the probe does: NTK →
+    kernel_statistics(K, K₀) → sharpness (warm);
+  - diagnostics: the product's whole probe, `Diagnostics.measure(step, probe=True)` (also
+    the loss and gradient pass of the row);
   - floor: NTK + one float64 eigvalsh of K (NumPy on the host; TF on a GPU), timed with
     the process's BLAS threads and with one thread, the faster of the two counting (the
     probe's host solves use one thread up to 4096 rows: see ntk.statistics);
@@ -27,6 +29,9 @@ In one process, side by side (interleaved rounds, median over rounds):
   /proc/self/clear_refs before it; targets < 3 min and < 8 GiB), next to the estimate of
   `probe_memory_bytes`, and the longest time between two polls of `should_stop` (how long
   an interrupt request can wait).
+* The demo's training loop through the launcher (`lplr_tf.train.launch` on digits_fc_gd.gin)
+  with its probes and without (diagnostics.ProbeSettings.measure_ntk = measure_sharpness =
+  False): the last row's wall time (from the step-0 row to the end; target <= 1.5x).
 * The demo (`make demo`: digits 0/1, n = 64, FC 64-1024-1, η = 2.5): a probe every 50
   steps up to step 900 (NTK, statistics with K₀, sharpness), Hessian-vector products per
   probe (target <= 10 on average), the largest relative deviation from the 20-iteration
@@ -53,9 +58,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import threadpoolctl  # noqa: E402
 
-from lplr_tf import hessian, ntk  # noqa: E402
+from lplr_tf import hessian, ntk, train  # noqa: E402
 from lplr_tf.data import digits  # noqa: E402
+from lplr_tf.diagnostics import Diagnostics, ProbeSettings  # noqa: E402
 from lplr_tf.models import fc  # noqa: E402
+from lplr_tf.rundir import RunDirectory  # noqa: E402
 
 GPU = bool(tf.config.list_logical_devices("GPU"))
 BLAS = threadpoolctl.ThreadpoolController()  # once: a scan of the loaded libraries
@@ -128,6 +135,9 @@ class Problem:
         self.vectors = None
         self.first_probe_s = timed(lambda: self.statistics(self.kernel0, keep=True))[1]
         hessian.measure_sharpness(model, xt, yt)
+        # The product's probe on the same model (its own K₀ and warm starts, at step 0).
+        self.diagnostics = Diagnostics(model, (xt, yt), settings=ProbeSettings())
+        self.diagnostics.measure(0, probe=True)
         gd_step()
 
     def ntk(self, should_stop=None):
@@ -156,6 +166,9 @@ class Problem:
         kernel = self.ntk()
         stats = self.statistics(kernel, keep=True)
         return stats, self.sharpness()
+
+    def product_probe(self):
+        return self.diagnostics.measure(1, probe=True)
 
     def floor(self, single_thread=False):
         kernel = self.ntk()
@@ -200,6 +213,7 @@ def bench_random(n, repeats, old_repeats, skip_old, seed=0):
         "kernel_drift": lambda: problem.statistics(kernel, ["kernel_drift"]),
         "sharpness": problem.sharpness,
         "probe": problem.probe,
+        "diagnostics": problem.product_probe,
         "floor_blas_threads": problem.floor,
     }
     if not GPU:
@@ -224,6 +238,7 @@ def bench_random(n, repeats, old_repeats, skip_old, seed=0):
     row.update(
         {
             "probe_over_floor": row["probe_s"] / row["floor_s"],
+            "diagnostics_over_floor": row["diagnostics_s"] / row["floor_s"],
             "probe_over_gd_step": row["probe_s"] / row["gd_step_s"],
             "lambda_min": stats.lambda_min,
             "lambda_max": stats.lambda_max,
@@ -336,6 +351,29 @@ def bench_demo(last_step, probe_every=50):
     }
 
 
+def bench_demo_loop():
+    """The demo through the launcher, with its probes and without: loop wall times."""
+    import tempfile
+
+    no_probes = [
+        "diagnostics.ProbeSettings.measure_ntk = False",
+        "diagnostics.ProbeSettings.measure_sharpness = False",
+    ]
+    times = {}
+    with tempfile.TemporaryDirectory() as root:
+        for name, bindings in (("with_probes", []), ("without_probes", no_probes)):
+            workdir = os.path.join(root, name)
+            summary = train.launch(["digits_fc_gd.gin"], bindings, workdir)
+            rows = RunDirectory(workdir).read_metrics()
+            times[name] = {"loop_s": rows[-1]["wall_time"], "steps": summary["steps"]}
+    return {
+        "case": "demo_loop",
+        **{f"{k}_{name}": v for name, d in times.items() for k, v in d.items()},
+        "loop_with_probes_over_without": times["with_probes"]["loop_s"]
+        / times["without_probes"]["loop_s"],
+    }
+
+
 def print_random(rows):
     columns = [
         "gd_step",
@@ -345,11 +383,12 @@ def print_random(rows):
         "kernel_drift",
         "sharpness",
         "probe",
+        "diagnostics",
         "floor",
         "old",
     ]
     header = f"{'n':>6}" + "".join(f"{c + ' ms':>15}" for c in columns)
-    header += f"{'probe/floor':>13}{'old/probe':>11}{'probe/step':>12}"
+    header += f"{'probe/floor':>13}{'diag/floor':>12}{'old/probe':>11}{'probe/step':>12}"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -358,7 +397,8 @@ def print_random(rows):
             value = row.get(f"{c}_s")
             line += f"{(f'{value * 1e3:.1f}' if value is not None else '-'):>15}"
         old = row.get("old_over_probe")
-        line += f"{row['probe_over_floor']:>13.2f}{(f'{old:.1f}x' if old else '-'):>11}"
+        line += f"{row['probe_over_floor']:>13.2f}{row['diagnostics_over_floor']:>12.2f}"
+        line += f"{(f'{old:.1f}x' if old else '-'):>11}"
         line += f"{row['probe_over_gd_step']:>12.1f}"
         print(line)
 
@@ -429,6 +469,16 @@ def main():
             f"probe {d['median_probe_s'] * 1e3:.1f} ms (median, after the first); "
             f"{d['probes'] - 1} probes over {d['training_steps_s']:.2f} s of GD steps: loop "
             f"{d['loop_with_probes_over_without']:.2f}x its time without probes",
+            flush=True,
+        )
+    if not args.skip_demo:
+        print("demo loop through the launcher ...", flush=True)
+        rows.append(bench_demo_loop())
+        d = rows[-1]
+        print(
+            f"  loop {d['loop_s_with_probes']:.2f} s with probes, "
+            f"{d['loop_s_without_probes']:.2f} s without: "
+            f"{d['loop_with_probes_over_without']:.2f}x",
             flush=True,
         )
     print()
