@@ -865,3 +865,102 @@ def test_tables_and_values():
     assert tables.cell("", "text") == "—" and tables.cell(False) == "no"
     assert finite(True) is None and finite(np.bool_(False)) is None and finite("1") == 1.0
     assert json_safe({"a": (np.float32(1.5), np.int64(2), np.bool_(True))}) == {"a": [1.5, 2, True]}
+
+
+# --- added after the measured mutmut run: the survivors that were missing tests --------------
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (
+            {"l_star": float("nan")},
+            "analysis.Settings.l_star = nan; expected a finite number. Fix the binding, e.g. "
+            "analysis.Settings.l_star = 0.0.",
+        ),
+        (
+            {"tolerance": -1.0},
+            "analysis.Settings.tolerance = -1.0; expected a finite number >= 0. Fix the "
+            "binding, e.g. analysis.Settings.tolerance = 1e-06.",
+        ),
+        (
+            {"loss_bound": 0.0},
+            "analysis.Settings.loss_bound = 0.0; expected a finite number > 0. Fix the "
+            "binding, e.g. analysis.Settings.loss_bound = 1.0.",
+        ),
+    ],
+)
+def test_settings_value_messages_are_exact(settings, expected):
+    assert _message(lambda: SETTINGS(**settings)) == expected
+
+
+def test_summaries_at_the_edges_of_the_history():
+    # A finite loss above the bound is named in the verdict (not "non-finite").
+    above = analysis.summarize(
+        [{"step": 0, "loss": 1.0}, {"step": 10, "loss": 1e9}], learning_rate=0.1
+    )
+    assert above["verdict"] == (
+        "Diverged at step 10: the loss 1e+09 exceeded the bound 1e+06; no regime, bound or "
+        "a-posteriori claim is made."
+    )
+    # A non-finite first loss: diverged at step 0, no initial loss, the tolerance as floor.
+    first_nan = analysis.summarize(
+        [{"step": 0, "loss": float("nan")}, {"step": 10, "loss": 1.0}], learning_rate=0.1
+    )
+    assert (first_nan["status"], first_nan["status_step"]) == ("diverged", 0)
+    assert first_nan["initial_loss"] is None and first_nan["precision_floor"] == 1e-6
+    no_loss = analysis.summarize([{"step": 0, "drift": 0.0}], learning_rate=0.1)
+    assert no_loss["status"] == "max_steps" and no_loss["initial_loss"] is None
+    # A converged run keeps its claims (only a divergence withholds them).
+    rows = _probe_rows()
+    converged = analysis.summarize(rows, learning_rate=0.1, settings=SETTINGS(tolerance=0.1))
+    assert converged["status"] == "converged"
+    assert converged["regime"]["reason"] is None and converged["bound"]["reason"] is None
+    assert converged["bound"]["relative_slack"] == 1e-4
+    # Too few points for a fit: no window, so no PL envelope.
+    short = analysis.summarize(
+        [{"step": 0, "loss": 1.0, "pl_ratio": 0.3}, {"step": 1, "loss": 0.5, "pl_ratio": 0.2}],
+        learning_rate=0.1,
+    )
+    assert short["pl_ratio"]["lower_envelope"] is None and short["pl_ratio"]["min"] == 0.2
+
+
+def test_l_star_in_a_settings_window_and_the_bound_check():
+    # g_t = 0.5^t above L* = 10; the bound check and the window both subtract L*.
+    rows = [{"step": s, "loss": 10.0 + 0.5**s, "ntk_lambda_min": 2.0} for s in range(0, 11)]
+    summary = analysis.summarize(
+        rows, learning_rate=0.2, settings=SETTINGS(l_star=10.0, tolerance=1e-12, fit_window=(2, 8))
+    )
+    assert summary["fit"]["rate"] == pytest.approx(0.5) and summary["fit"]["window"] == [2, 8]
+    assert summary["bound"]["rate_bound"] == pytest.approx(0.6)
+    assert summary["bound"]["holds"] is True and summary["bound"]["violations"] == []
+
+
+def test_empty_results_and_degenerate_bounds():
+    assert phases.fit_phases([(0, 1.0), (1, 0.5)]) == {
+        "model": None,
+        "transition_step": None,
+        "exponent": None,
+        "rate": None,
+        "rate_before": None,
+        "points": 2,
+        "window": None,
+        "models": {},
+    }
+    assert stability.progressive_sharpening([(0, 1.0), (10, 1.1)], 0.2) == {
+        "detected": False,
+        "start_step": None,
+        "reached_step": None,
+        "sharpness_start": None,
+        "sharpness_reached": None,
+        "threshold": 10.0,
+    }
+    # η·μ = 1: ρ_bound = 0, no tightness (log 0).
+    edge = bounds.rate_bounds(
+        learning_rate=1.0, mu=1.0, beta_max=None, pl_envelope=None, fitted_rate=0.5
+    )
+    assert edge["rate_bound"] == 0.0 and edge["tightness"] is None
+    assert verdict._linear_phrase({"rate": 1.0, "r2": 1.0}) == "did not contract (ρ̂ = 1)"
+    assert verdict._linear_phrase({"rate": 0.5, "r2": 0.9}) == (
+        "fell linearly at ρ̂ = 0.5 (R² = 0.900)"
+    )
