@@ -338,13 +338,26 @@ def test_summary_is_reproducible_from_its_settings():
         rows, learning_rate=0.1, settings=analysis.Settings(fit_window=(20, 80), tolerance=1e-9)
     )
     stored = first["settings"]
+    assert stored == {
+        "learning_rate": 0.1,
+        "num_steps": None,
+        "l_star": 0.0,
+        "tolerance": 1e-9,
+        "loss_bound": None,
+        "fit_window": [20, 80],
+        "kernel_drift_bound": 0.5,
+        "linearized_threshold": 0.1,
+    }
     again = analysis.summarize(
         rows,
         learning_rate=stored["learning_rate"],
         num_steps=stored["num_steps"],
         settings=analysis.Settings.from_dict(stored),
     )
-    assert json.dumps(first, sort_keys=True) == json.dumps(again, sort_keys=True)
+    # The stored settings select the same window: the fit over steps 20..80 of 0.97^t.
+    assert again["fit"]["window"] == [20, 80] and again["fit"]["window_source"] == "settings"
+    assert again["fit"]["rate"] == pytest.approx(0.97, abs=1e-9) and again["fit"]["points"] == 7
+    assert again["bound"]["rate_bound"] == pytest.approx(0.98)
 
 
 def test_linearized_loss_curve_against_matrix_powers():

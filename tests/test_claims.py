@@ -55,8 +55,10 @@ def test_gd_run_claims_estimates_and_reports_the_a_priori_check():
     assert prior["radius"] == 40.0 and "samples" not in prior  # the digest; details in run
     assert "a-priori check at θ₀" in summary["verdict"]
     assert "(sampled, not a proof) fails: λ_min fell to 0.01 < μ₀" in summary["verdict"]
+    # The stored facts give the same claims when lplr-report recomputes the summary.
     again = analysis.summarize(probe_rows(), learning_rate=0.1, run=summary["run"])
-    assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)
+    assert again["a_priori"]["holds"] is False and again["a_priori"]["radius"] == 40.0
+    assert again["bound"]["kind"] == "estimate" and again["run"] == run
 
 
 @pytest.mark.parametrize("outputs", [4, None])

@@ -70,7 +70,23 @@ def test_every_config_parses_and_builds(config, tmp_path, monkeypatch):
             summary = train.launch([config, "smoke.gin"], [], str(tmp_path))
     else:
         summary = train.launch([config, "smoke.gin"], [], str(tmp_path))
-    assert summary["steps"] == 12
+    # In smoke form every shipped config trains its 12 steps without converging or diverging.
+    assert summary["status"] == "max_steps" and summary["steps"] == 12
+    rows = _rows(str(tmp_path))
+    assert [row["step"] for row in rows] == [0, 4, 8, 12]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[0]["drift"] == 0.0 and rows[-1]["drift"] > 0
+    # relative drift = drift / ‖θ₀‖ with the same ‖θ₀‖ on every row.
+    norms = [row["drift"] / row["relative_drift"] for row in rows[1:]]
+    assert max(norms) == pytest.approx(min(norms), rel=1e-5)
+    for row in rows:
+        # q = ‖∇L‖²/(2L) of the probe set, a Rayleigh quotient of its kernel K (L* = 0).
+        assert row["pl_ratio"] == pytest.approx(row["grad_norm_sq"] / (2 * row["probe_loss"]))
+        if "ntk_lambda_min" in row:
+            slack = 1e-4 * row["ntk_lambda_max"]
+            assert row["ntk_lambda_min"] - slack <= row["pl_ratio"] <= row["ntk_lambda_max"] + slack
+    assert summary["drift"]["final"] == rows[-1]["drift"]
+    assert summary["initial_loss"] == rows[0]["loss"] and summary["final_loss"] == rows[-1]["loss"]
 
 
 def test_config_found_by_path_and_by_name(tmp_path):
