@@ -215,6 +215,8 @@ def test_a_posteriori_numbers_by_hand():
         "lambda_max_max": pytest.approx(2.0),
         "kernel_drift_final": pytest.approx(0.03),
         "output_mode": "full",
+        "path": None,  # the run facts say how the NTK was probed; none given here
+        "estimates": [],
         "kind": "measured",
     }
 
@@ -300,6 +302,7 @@ def test_minimal_rows_are_none_safe():
     }
     assert {k: v for k, v in summary["ntk"].items() if v is not None} == {
         "output_mode": "full",
+        "estimates": [],
         "kind": "measured",
     }
     assert summary["sharpness"]["max"] is None and summary["sharpness"]["step_size_ok"] is None
@@ -397,3 +400,14 @@ def test_format_rate_is_readable_near_one():
 def test_linearized_loss_curve_overflow_is_inf():
     curve = linearized_loss_curve(np.eye(2) * 10.0, np.ones(2), 1.0, [0, 1000], 1)
     assert curve[0] == pytest.approx(1.0) and curve[1] == np.inf
+
+
+def test_matrix_free_probes_make_the_ntk_section_an_estimate():
+    rows = probe_rows(0.97, 0.2)
+    facts = {"ntk_path": "matrix_free", "ntk_estimates": ["trace", "lambda_min"]}
+    ntk = analysis.summarize(rows, learning_rate=0.1, run=facts)["ntk"]
+    assert (ntk["path"], ntk["estimates"], ntk["kind"]) == (
+        "matrix_free",
+        ["lambda_min", "trace"],
+        "estimate",
+    )

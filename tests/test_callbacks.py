@@ -297,8 +297,8 @@ def test_callback_under_mirrored_strategy_matches_single_device():
         assert [r["step"] for r in mirrored["history"]] == [0, 2, 4, 6]
         for ours, theirs in zip(mirrored["history"], single["history"]):
             for key, expected in theirs.items():
-                if key == "wall_time":
-                    continue
+                if key in ("wall_time", "sharpness_iterations"):
+                    continue  # under a strategy the sharpness takes the fixed host loop
                 if not isinstance(expected, float):
                     assert ours[key] == expected, (name, key)
                 else:
