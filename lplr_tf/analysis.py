@@ -78,18 +78,26 @@ def divergence_bound(initial_loss, tolerance, loss_bound=None):
     return DIVERGENCE_FACTOR * max(initial_loss, tolerance)
 
 
+def loss_status(loss, bound, l_star, tolerance):
+    """ "diverged" (None/non-finite, or above `bound`), "converged" (L − L* ≤ tolerance) or
+    None for one logged loss: the rule the summary applies to every row, and the launcher to
+    each row as it is logged (to stop there)."""
+    value = finite(loss)
+    if value is None or value > bound:
+        return "diverged"
+    return "converged" if value - l_star <= tolerance else None
+
+
 def _status(rows, l_star, tolerance, loss_bound):
     """Returns (status, status_step, effective loss bound, initial loss)."""
     losses = [(int(row["step"]), row["loss"]) for row in rows if "loss" in row]
     initial_loss = finite(losses[0][1]) if losses else None
     loss_bound = divergence_bound(initial_loss, tolerance, loss_bound)
-    for step, raw in losses:
-        value = finite(raw)
-        if value is None or value > loss_bound:
-            return "diverged", step, loss_bound, initial_loss
-    for step, raw in losses:
-        if finite(raw) - l_star <= tolerance:
-            return "converged", step, loss_bound, initial_loss
+    statuses = [(step, loss_status(raw, loss_bound, l_star, tolerance)) for step, raw in losses]
+    for wanted in ("diverged", "converged"):  # divergence anywhere takes precedence
+        for step, status in statuses:
+            if status == wanted:
+                return wanted, step, loss_bound, initial_loss
     return "max_steps", None, loss_bound, initial_loss
 
 

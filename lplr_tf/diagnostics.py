@@ -17,9 +17,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from lplr_tf import hessian, losses, ntk, validation
+from lplr_tf import hessian, losses, validation
 from lplr_tf.ntk.common import OUTPUT_MODES
-from lplr_tf.ntk.matfree import ESTIMATES as MATRIX_FREE_ESTIMATES
+from lplr_tf.ntk_probe import NTKProbe
 from lplr_tf.probing import Measurement
 from lplr_tf.values import finite
 
@@ -90,10 +90,6 @@ class ProbeSettings:
             )
 
 
-# The solves of `ntk.kernel_statistics` that start from the previous probe's vector.
-_WARM_STARTED = ("lambda_max", "lambda_min", "kernel_drift_op")
-
-
 def flatten_variables(variables):
     """Concatenates variables into one float32 vector of shape (P,)."""
     return tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables], axis=0)
@@ -102,10 +98,10 @@ def flatten_variables(variables):
 class Diagnostics:
     """Measures the quantities of the LPLR theory at the network's current weights.
 
-    The probes' path is chosen before anything is measured: the dense kernel when its peak
-    memory fits `settings.memory_budget_bytes`, else the matrix-free path (NTK-vector
-    products: λ_max exact, λ_min an estimate, no kernel drift), else a `ValueError`
-    (`ntk.MemoryBudgetError`) naming the budget, the estimates and the fixes.
+    The loss, ‖∇L‖², the PL ratio and the drift at every logged row; at probes also the NTK
+    fields (`ntk_probe.NTKProbe`, whose path — dense or matrix-free — is chosen up front
+    against the memory budget) and the sharpness (compiled Lanczos on Hessian-vector
+    products, warm-started from the previous probe).
 
     Args:
       network: The `keras.Model` being trained.
@@ -119,9 +115,13 @@ class Diagnostics:
         prediction r_t^lin = (I − ηK₀)^t r₀ that rows then carry; None: no prediction.
       save_reference: Called once with {"kernel0": Θ₀, "residual0": r₀} (NumPy arrays) when
         Θ₀ is first measured, so that a resumed run can restore them; None: kept in memory.
-      should_stop: Callable polled between the bounded steps of a long probe; when it
-        returns True the probe raises `ntk.ProbeInterrupted` within about a second.
       jit_compile: XLA for the compiled measurement functions.
+
+    Attributes:
+      should_stop: Callable polled between the bounded steps of a long probe (None: never
+        stop); when it returns True the probe raises `ntk.ProbeInterrupted` within about a
+        second.
+      ntk: The `NTKProbe` (None without NTK probes).
 
     Raises:
       ValueError: the probes fit the memory budget neither dense nor matrix-free.
@@ -137,30 +137,21 @@ class Diagnostics:
         l_star=0.0,
         learning_rate=None,
         save_reference=None,
-        should_stop=None,
         jit_compile=False,
     ):
         self.network = network
         self.x_probe, self.y_probe = probe_set
         self.settings = settings or ProbeSettings()
         self.l_star = float(l_star)
-        self.learning_rate = learning_rate
-        self.should_stop = should_stop
-        self._save_reference = save_reference
         self._jit_compile = jit_compile
         self.theta0 = tf.Variable(flatten_variables(network.trainable_variables), trainable=False)
-        self.kernel0 = None  # Θ₀ as `empirical_ntk` returned it (unnormalized)
-        self._linearized = None  # ntk.LinearizedDynamics of K₀ and r₀
-        # NTK probes so far (every `spectrum_every`-th computes the full spectrum); checkpointed.
-        self._num_probes = tf.Variable(0, dtype=tf.int64, trainable=False)
         # Loss and gradient are sharded across the replicas of the strategy in scope (the
         # default strategy: one device) and sum-reduced, so they equal the one-device values.
         self._strategy = tf.distribute.get_strategy()
         # Under several replicas the kernel's row blocks go to the replicas' devices.
-        self._devices = None
+        devices = None
         if self._strategy.num_replicas_in_sync > 1:
-            self._devices = list(self._strategy.extended.worker_devices)
-        self._on_gpu = bool(tf.config.list_logical_devices("GPU"))
+            devices = list(self._strategy.extended.worker_devices)
         self._num_probe = int(self.x_probe.shape[0])
         self._probe_shards = self._distribute(*probe_set)
         self._loss_set = None
@@ -168,20 +159,42 @@ class Diagnostics:
             self._loss_set = (self._distribute(*loss_set), int(loss_set[0].shape[0]))
         self._loss = tf.function(self._sharded_loss, jit_compile=jit_compile)
         self._gradient = tf.function(self._sharded_gradient, jit_compile=jit_compile)
-        self.path = self._train_set = None
+        self.ntk = None
         if self.settings.measure_ntk:
-            self.path = self._plan(self.x_probe, linearized=self.predicts_linearized).path
-            self._train_set = self._train_kernel_set(loss_set)
-        # Warm starts of the next probe's solves (the previous probe's Ritz vectors), kept in
-        # variables so that a checkpoint carries them: a resumed run then measures exactly
-        # what an uninterrupted one does.
-        rows = self._num_probe * (
-            int(self.y_probe.shape[-1]) if self.settings.ntk_output_mode == "full" else 1
-        )
-        self._start_vectors = {
-            name: tf.Variable(tf.zeros([rows], tf.float64), trainable=False)
-            for name in _WARM_STARTED
-        }
+            self.ntk = NTKProbe(
+                network,
+                probe_set,
+                self.settings,
+                train_inputs=None if loss_set is None else loss_set[0],
+                learning_rate=learning_rate,
+                save_reference=save_reference,
+                devices=devices,
+                jit_compile=jit_compile,
+            )
+
+    @property
+    def should_stop(self):
+        return None if self.ntk is None else self.ntk.should_stop
+
+    @should_stop.setter
+    def should_stop(self, should_stop):
+        if self.ntk is not None:
+            self.ntk.should_stop = should_stop
+
+    @property
+    def path(self):
+        """How the NTK is probed: "dense", "matrix_free", or None (not measured)."""
+        return None if self.ntk is None else self.ntk.path
+
+    @property
+    def estimates(self):
+        """The NTK quantities that are estimates on this probe path."""
+        return () if self.ntk is None else self.ntk.estimates
+
+    def restore_reference(self, arrays):
+        """Reloads Θ₀ and r₀ (the dict given to `save_reference`) after a resume."""
+        if self.ntk is not None:
+            self.ntk.restore_reference(arrays)
 
     def _sharpness(self):
         """The network's compiled sharpness solver. Built on first use, outside the strategy
@@ -191,54 +204,12 @@ class Diagnostics:
 
     def checkpoint_state(self):
         """The trackables a checkpoint must hold: θ₀ and the warm starts of the solves."""
-        state = {"theta0": self.theta0, "ntk_probes": self._num_probes, **self._start_vectors}
+        state = {"theta0": self.theta0}
+        if self.ntk is not None:
+            state.update(self.ntk.checkpoint_state())
         if self.settings.measure_sharpness:
             state["sharpness"] = self._sharpness().state
         return state
-
-    @property
-    def estimates(self):
-        """The NTK quantities that are estimates on this probe path (none when dense)."""
-        return MATRIX_FREE_ESTIMATES if self.path == "matrix_free" else ()
-
-    @property
-    def predicts_linearized(self):
-        """Whether rows carry the linearized prediction (GD, full kernel, N not too large)."""
-        rows = self._num_probe * int(self.y_probe.shape[-1])
-        return bool(
-            self.learning_rate
-            and self.settings.measure_ntk
-            and self.settings.ntk_output_mode == "full"
-            and rows <= self.settings.linearized_max_rows
-        )
-
-    def _plan(self, x, linearized=False):
-        return ntk.choose_probe_path(
-            self.network,
-            x,
-            self.settings.ntk_output_mode,
-            budget=self.settings.memory_budget_bytes,
-            kernel0=True,
-            linearized=linearized,
-            device=self._on_gpu,
-        )
-
-    def _train_kernel_set(self, loss_set):
-        """SGD: the training set, when λ_min of its kernel is asked for and fits densely."""
-        if loss_set is None or not self.settings.measure_train_kernel:
-            return None
-        try:
-            plan = self._plan(loss_set[0])
-        except ntk.MemoryBudgetError:
-            return None
-        return loss_set[0] if plan.path == "dense" else None
-
-    def restore_reference(self, arrays):
-        """Reloads Θ₀ and r₀ (the dict given to `save_reference`) after a resume."""
-        if arrays and "kernel0" in arrays:
-            self.kernel0 = arrays["kernel0"]
-            if self.predicts_linearized and "residual0" in arrays:
-                self._prepare_linearized(arrays["residual0"])
 
     def _distribute(self, x, y):
         """The whole set as one global batch, split across the replicas: (x, y) shards."""
@@ -310,12 +281,12 @@ class Diagnostics:
         }
         statistics = None
         probed = probe and row["loss"] is not None
-        if probed and self.settings.measure_ntk:
-            statistics = self._measure_ntk(row)
+        if probed and self.ntk is not None:
+            statistics = self.ntk.measure(row, self._residual)
         if probed and self.settings.measure_sharpness:
             row.update(self._measure_sharpness())
-        if self._linearized is not None and row["loss"] is not None:
-            row.update(self._linearized_fields(int(step)))
+        if self.ntk is not None and row["loss"] is not None:
+            row.update(self.ntk.linearized_fields(int(step), self._residual))
         return Measurement(row=row, probed=probed, spectrum=statistics)
 
     def _measure_sharpness(self):
@@ -329,96 +300,3 @@ class Diagnostics:
         """r = vec(f(X) − Y) on the probe set, example-major, float64 (n·O,)."""
         prediction = np.asarray(self.network(self.x_probe, training=False), np.float64)
         return (prediction - np.asarray(self.y_probe, np.float64)).reshape(-1)
-
-    def _measure_ntk(self, row):
-        """Adds the NTK fields to `row`; returns the `ntk.KernelStatistics` of K = Θ/n."""
-        scale = 1.0 / self._num_probe
-        full_spectrum = self.settings.spectrum_every > 0 and (
-            int(self._num_probes.numpy()) % self.settings.spectrum_every == 0
-        )
-        if self.path == "matrix_free":
-            statistics = ntk.matrix_free_statistics(
-                self.network, self.x_probe, scale=scale, should_stop=self.should_stop
-            )
-        else:
-            theta = self._kernel(self.x_probe)
-            first = self.kernel0 is None
-            statistics = ntk.kernel_statistics(
-                theta,
-                None if first else self.kernel0,
-                scale=scale,
-                full_spectrum=full_spectrum,
-                should_stop=self.should_stop,
-                start_vectors=self._warm_starts(),
-                jit_compile=self._jit_compile,
-            )
-            for name, vector in statistics.vectors.items():
-                self._start_vectors[name].assign(tf.cast(vector, tf.float64))
-            if first:
-                self._keep_reference(theta)
-                row.update(kernel_drift=0.0, kernel_drift_op=0.0)
-            else:
-                row.update(
-                    kernel_drift=finite(statistics.kernel_drift),
-                    kernel_drift_op=finite(statistics.kernel_drift_op),
-                )
-        self._num_probes.assign_add(1)
-        row.update(
-            ntk_lambda_min=finite(statistics.lambda_min),
-            ntk_lambda_max=finite(statistics.lambda_max),
-            ntk_trace=finite(statistics.trace),
-            ntk_condition=finite(statistics.condition_number),
-            gn_sharpness=finite(statistics.lambda_max),
-        )
-        if self._train_set is not None:
-            train = ntk.kernel_statistics(
-                self._kernel(self._train_set),
-                scale=1.0 / int(self._train_set.shape[0]),
-                quantities=("lambda_min",),
-                should_stop=self.should_stop,
-            )
-            row["train_ntk_lambda_min"] = finite(train.lambda_min)
-        return statistics
-
-    def _warm_starts(self):
-        """The previous probe's Ritz vectors (a unit vector is never zero: zero = none)."""
-        vectors = {}
-        for name, variable in self._start_vectors.items():
-            vector = variable if self._on_gpu else variable.numpy()
-            if np.any(np.asarray(vector) != 0):
-                vectors[name] = vector
-        return vectors or None
-
-    def _kernel(self, x):
-        """Θ(x, x), unnormalized: NumPy on the host, a tensor kept on a GPU."""
-        return ntk.empirical_ntk(
-            self.network,
-            x,
-            output_mode=self.settings.ntk_output_mode,
-            devices=self._devices,
-            should_stop=self.should_stop,
-            as_numpy=not self._on_gpu,
-        )
-
-    def _keep_reference(self, theta):
-        """Keeps Θ₀ (and r₀ with the linearized prediction), stored once for a resume."""
-        self.kernel0 = theta
-        residual0 = self._residual()
-        if self._save_reference is not None:
-            self._save_reference({"kernel0": np.asarray(theta), "residual0": residual0})
-        if self.predicts_linearized:
-            self._prepare_linearized(residual0)
-
-    def _prepare_linearized(self, residual0):
-        self._linearized = ntk.LinearizedDynamics(
-            np.asarray(self.kernel0), residual0, self.learning_rate, scale=1.0 / self._num_probe
-        )
-
-    def _linearized_fields(self, step):
-        """loss_linearized = ‖r_t^lin‖²/(2n) and linearized_deviation = ‖r_t − r_t^lin‖/‖r₀‖."""
-        predicted = self._linearized.residuals([step])[0]
-        fields = {"loss_linearized": finite(0.5 * predicted @ predicted / self._num_probe)}
-        if self._linearized.residual0_norm > 0:
-            deviation = np.linalg.norm(self._residual() - predicted)
-            fields["linearized_deviation"] = finite(deviation / self._linearized.residual0_norm)
-        return fields

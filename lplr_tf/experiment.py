@@ -117,7 +117,7 @@ def run(
             x_probe, y_probe = _probe_subset(training_set, plan)
             calibrate_batch_norm(network, tf.constant(x_probe))  # a restore overrides it
         # Outside the scope: the measurements at θ₀ read mirrored variables as plain ones.
-        plan, facts = _initial_facts(
+        plan, facts = initialization.initial_facts(
             run_dir, plan, probe_settings, network, training_set, x_probe.shape[0]
         )
         with strategy.scope():
@@ -217,7 +217,7 @@ class _Parts:
     diagnostics: Diagnostics
     batches: object
     plan: object  # the protocol, with the step size measured at initialization if asked
-    facts: dict  # what initialization.facts recorded (run.json)
+    facts: dict  # what initialization.run_facts recorded (run.json)
 
 
 def _build(
@@ -266,21 +266,6 @@ def _build(
     return _Parts(network, trainer, diagnostics, batches, plan, facts)
 
 
-def _initial_facts(run_dir, plan, probe_settings, network, training_set, probe_size):
-    """η from β₀ and the a-priori check at θ₀: measured, or read back (run.json) on resume."""
-    facts = run_dir.read_facts() if run_dir.has_checkpoints() else None
-    if facts is None:
-        x, y = tf.constant(training_set.x), tf.constant(training_set.y)
-        plan, calibration = initialization.calibrated_protocol(plan, network, x, y)
-        check = initialization.a_priori_check(plan, probe_settings, network, x, y)
-        facts = initialization.facts(
-            plan, probe_settings, training_set, network, int(probe_size), calibration, check
-        )
-    elif plan.learning_rate_times_sharpness is not None:
-        plan = dataclasses.replace(plan, learning_rate=facts["learning_rate"])
-    return plan, facts
-
-
 def _train(
     parts,
     recorder,
@@ -307,7 +292,16 @@ def _train(
         checkpoint.save(step)
 
     def should_stop(row):
-        stop = _stop_reason(row, recorder.history[0]["loss"], settings)
+        initial = recorder.history[0]["loss"]
+        bound = analysis.divergence_bound(initial, settings.tolerance, settings.loss_bound)
+        stop = analysis.loss_status(row["loss"], bound, settings.l_star, settings.tolerance)
+        if stop == "diverged":
+            logging.warning(
+                "Step %d: loss %s (bound %.3e); stopping: diverged.",
+                row["step"],
+                row["loss"],
+                bound,
+            )
         return stop == "diverged" or (stop == "converged" and stop_on_convergence)
 
     def on_step(step):
@@ -393,18 +387,3 @@ def _own_run_dir(workdir, strategy):
         return run_dir
     resolver = strategy.cluster_resolver
     return run_dir.worker(resolver.task_type, resolver.task_id)
-
-
-def _stop_reason(row, initial_loss, settings):
-    """'diverged', 'converged' or None for a freshly logged row (the analysis' own rules)."""
-    loss = row["loss"]
-    if loss is None:
-        logging.warning("Step %d: the loss is not finite; stopping (diverged).", row["step"])
-        return "diverged"
-    bound = analysis.divergence_bound(initial_loss, settings.tolerance, settings.loss_bound)
-    if loss > bound:
-        logging.warning(
-            "Step %d: loss %.3e > bound %.3e; stopping (diverged).", row["step"], loss, bound
-        )
-        return "diverged"
-    return "converged" if loss - settings.l_star <= settings.tolerance else None

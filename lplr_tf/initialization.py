@@ -15,6 +15,7 @@ measuring again, so its summary equals an uninterrupted run's.
 
 import dataclasses
 
+import tensorflow as tf
 from absl import logging
 
 from lplr_tf import a_priori, hessian
@@ -40,8 +41,13 @@ def calibrated_protocol(plan, network, x, y):
     logging.info(
         "Step size from the sharpness at initialization: η = %g / β₀ = %g / %.6g = %.6g "
         "(protocol.%s.learning_rate = %g is not used).",
-        factor, factor, sharpness0, learning_rate, plan.name, plan.learning_rate,
-    )  # fmt: skip
+        factor,
+        factor,
+        sharpness0,
+        learning_rate,
+        plan.name,
+        plan.learning_rate,
+    )
     calibration = {
         "learning_rate_times_sharpness": factor,
         "sharpness0": sharpness0,
@@ -64,7 +70,9 @@ def a_priori_check(plan, probe_settings, network, x, y):
     )
 
 
-def facts(plan, probe_settings, training_set, network, probe_size, calibration, a_priori_result):
+def run_facts(
+    plan, probe_settings, training_set, network, probe_size, calibration, a_priori_result
+):
     """The facts about a run that its summary reports and lplr-report needs to recompute it."""
     return {
         "protocol": plan.name,
@@ -80,3 +88,30 @@ def facts(plan, probe_settings, training_set, network, probe_size, calibration, 
         "learning_rate_calibration": calibration,
         "a_priori": a_priori_result,
     }
+
+
+def initial_facts(run_dir, plan, probe_settings, network, training_set, probe_size):
+    """η from β₀ and the a-priori check at θ₀: measured, or read back (run.json) on resume.
+
+    Args:
+      run_dir: The `RunDirectory` (its run.json is read when it holds checkpoints).
+      plan: The `protocol.Protocol`.
+      probe_settings: The `diagnostics.ProbeSettings`.
+      network: The network at initialization (outside any strategy scope).
+      training_set: The `data.Dataset`.
+      probe_size: m, the number of probe examples.
+
+    Returns:
+      (plan, with η = c/β₀ when asked, facts).
+    """
+    facts = run_dir.read_facts() if run_dir.has_checkpoints() else None
+    if facts is None:
+        x, y = tf.constant(training_set.x), tf.constant(training_set.y)
+        plan, calibration = calibrated_protocol(plan, network, x, y)
+        check = a_priori_check(plan, probe_settings, network, x, y)
+        facts = run_facts(
+            plan, probe_settings, training_set, network, int(probe_size), calibration, check
+        )
+    elif plan.learning_rate_times_sharpness is not None:
+        plan = dataclasses.replace(plan, learning_rate=facts["learning_rate"])
+    return plan, facts
