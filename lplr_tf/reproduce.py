@@ -1,6 +1,6 @@
 """`lplr-reproduce`: the paper's three experiments on real data, in one resumable command.
 
-    lplr-reproduce --workdir=runs/reproduce            # the full reproduction (~30 min, 2 CPUs)
+    lplr-reproduce --workdir=runs/reproduce            # the full reproduction (~25 min, 2 CPUs)
     lplr-reproduce --workdir=/tmp/smoke --quick        # a seconds-long smoke version
 
 The experiments (each a sweep of `lplr_tf.sweep.run_sweep` on the local backend, in this
@@ -12,11 +12,9 @@ process, in its own directory below the workdir):
     widths 128 … 4096, full-batch GD at two step sizes, three seeds
     (`mnist_width_ablation.gin`): the paper's fixed step η = 0.003 at every width (so
     c = η·β₀ grows with the width) and the smaller step η = 0.5/β₀ (c = 0.5 at every width).
-(c) `resnet_sgd`: a ResNet with BatchNorm trained by mini-batch SGD at η = 1/β₀, three seeds,
-    on the CIFAR-10 subset when CIFAR-10 is prepared for tensorflow-datasets, else on the
-    bundled MNIST (`--resnet_data`): the command prints which and why, and REPRODUCTION.md
-    says so. An explicit `--cifar10_data_dir` without CIFAR-10 in it is an error, not a
-    fallback.
+(c) `resnet_sgd`: a ResNet with BatchNorm, mini-batch SGD at η = 1/β₀, three seeds, on the
+    CIFAR-10 subset when CIFAR-10 is prepared for tensorflow-datasets, else on the bundled
+    MNIST, saying which and why (`choose_resnet_data`).
 
 Then it writes `workdir/REPRODUCTION.md` (tables and figures, `reproduce_report`) and, with
 `--readme=README.md`, copies its marked block into that file between the same markers.
@@ -40,6 +38,7 @@ from absl import flags
 
 from lplr_tf import errors
 from lplr_tf.errors import ConfigError
+from lplr_tf.sweep_progress import format_duration
 
 FC_GD, WIDTH_ABLATION, RESNET_SGD = "fc_gd", "width_ablation", "resnet_sgd"
 EXPERIMENTS = (FC_GD, WIDTH_ABLATION, RESNET_SGD)
@@ -50,6 +49,11 @@ QUICK_WIDTHS = (16, 32)
 FIXED_STEP, SMALL_STEP = "None", "0.5"  # grid values of STEP_KEY (gin text)
 SEEDS = {FC_GD: 1, WIDTH_ABLATION: 3, RESNET_SGD: 3}
 RESNET_DATA = ("auto", "cifar10", "mnist")
+TITLES = {
+    FC_GD: "(a) binary MNIST, fully connected net (NTK parameterization), full-batch GD",
+    WIDTH_ABLATION: "(b) width ablation on binary MNIST: fixed step η = 0.003 vs η = 0.5/β₀",
+    RESNET_SGD: "(c) ResNet + mini-batch SGD",
+}
 DATA_TITLES = {"cifar10": "CIFAR-10 (airplane vs automobile)", "mnist": "bundled MNIST (0 vs 1)"}
 MODE_FILE = "reproduce.json"
 HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
@@ -80,7 +84,7 @@ class Experiment:
     grid: tuple = ()
     seeds: int = 1
     bindings: tuple = ()
-    data_note: str = ""
+    data_note: str = "bundled MNIST"
 
     def sweep_command(self, workdir, quick):
         """The equivalent `lplr-sweep` command line (shown in the report)."""
@@ -175,50 +179,27 @@ def plan_experiments(names=EXPERIMENTS, *, quick=False, resnet=None):
             f"--experiments={','.join(names)}; expected a comma-separated subset of "
             f"{','.join(EXPERIMENTS)}."
         )
-    seeds = {name: 1 if quick else count for name, count in SEEDS.items()}
-    widths = QUICK_WIDTHS if quick else WIDTHS
-    plan = []
-    if FC_GD in names:
-        plan.append(
-            Experiment(
-                FC_GD,
-                "(a) binary MNIST, fully connected net (NTK parameterization), full-batch GD",
-                FC_GD,
-                "mnist_binary_fc_gd.gin",
-                seeds=seeds[FC_GD],
-                data_note="bundled MNIST",
-            )
-        )
-    if WIDTH_ABLATION in names:
-        plan.append(
-            Experiment(
-                WIDTH_ABLATION,
-                "(b) width ablation on binary MNIST: fixed step η = 0.003 vs η = 0.5/β₀",
-                WIDTH_ABLATION,
-                "mnist_width_ablation.gin",
-                grid=(
-                    f"{WIDTH_KEY}=[{','.join(str(w) for w in widths)}]",
-                    f"{STEP_KEY}=[{FIXED_STEP},{SMALL_STEP}]",
-                ),
-                seeds=seeds[WIDTH_ABLATION],
-                data_note="bundled MNIST",
-            )
-        )
+    widths = ",".join(str(width) for width in (QUICK_WIDTHS if quick else WIDTHS))
+    grid = (f"{WIDTH_KEY}=[{widths}]", f"{STEP_KEY}=[{FIXED_STEP},{SMALL_STEP}]")
+    planned = {
+        FC_GD: Experiment(FC_GD, TITLES[FC_GD], FC_GD, "mnist_binary_fc_gd.gin"),
+        WIDTH_ABLATION: Experiment(
+            WIDTH_ABLATION, TITLES[WIDTH_ABLATION], WIDTH_ABLATION, "mnist_width_ablation.gin", grid
+        ),
+    }
     if RESNET_SGD in names:
         if resnet is None:
             raise ValueError("plan_experiments: resnet=None; pass choose_resnet_data(...).")
-        plan.append(
-            Experiment(
-                RESNET_SGD,
-                f"(c) ResNet + mini-batch SGD on {DATA_TITLES[resnet.dataset]}",
-                f"{RESNET_SGD}_{resnet.dataset}",
-                resnet.gin_file,
-                seeds=seeds[RESNET_SGD],
-                bindings=resnet.bindings,
-                data_note=resnet.note,
-            )
+        title = f"{TITLES[RESNET_SGD]} on {DATA_TITLES[resnet.dataset]}"
+        directory = f"{RESNET_SGD}_{resnet.dataset}"
+        planned[RESNET_SGD] = Experiment(
+            RESNET_SGD, title, directory, resnet.gin_file, (), 1, resnet.bindings, resnet.note
         )
-    return plan
+    return [
+        dataclasses.replace(planned[name], seeds=1 if quick else SEEDS[name])
+        for name in EXPERIMENTS
+        if name in names
+    ]
 
 
 def _check_mode(workdir, quick):
@@ -241,11 +222,11 @@ def _check_mode(workdir, quick):
 
 
 def load_average():
-    """The 1-minute load average and the CPU count (how busy this machine was)."""
+    """The 1-minute load average (how busy this machine was; None where unknown)."""
     try:
-        return os.getloadavg()[0], os.cpu_count()
+        return os.getloadavg()[0]
     except OSError:
-        return None, os.cpu_count()
+        return None
 
 
 def reproduce(
@@ -286,18 +267,20 @@ def reproduce(
     )
     plan = plan_experiments(experiments, quick=quick, resnet=resnet)
     _check_mode(workdir, quick)
-    start, (load_start, cpus) = time.monotonic(), load_average()
+    start, load_start = time.monotonic(), load_average()
     log(
         f"[reproduce] {'quick smoke version' if quick else 'full reproduction'}: "
-        f"{len(plan)} experiment(s) in {workdir}; load average {load_start:.2f} on {cpus} CPUs"
+        f"{len(plan)} experiment(s) in {workdir}; load average {load_start} on "
+        f"{os.cpu_count()} CPUs"
     )
     if resnet is not None:
         log(f"[reproduce] experiment (c) runs on {resnet.note}")
-    results = {}
+    results, seconds = {}, {}
     for index, experiment in enumerate(plan, 1):
         prefix = f"[reproduce {index}/{len(plan)} {experiment.name}]"
         expected = "" if quick else f"; about {EXPECTED_MINUTES[experiment.name]} min (measured)"
         log(f"{prefix} {experiment.title}{expected}")
+        began = time.monotonic()
         results[experiment.name] = sweep.run_sweep(
             [experiment.gin_file],
             list(experiment.bindings),
@@ -309,8 +292,11 @@ def reproduce(
             command=experiment.sweep_command(workdir, quick),
             progress_seconds=progress_seconds,
         )
-    load_end, _ = load_average()
-    timing = reproduce_report.Timing(time.monotonic() - start, load_start, load_end, cpus)
+        seconds[experiment.name] = time.monotonic() - began
+        log(f"{prefix} done in {format_duration(seconds[experiment.name])}")
+    timing = reproduce_report.Timing(
+        time.monotonic() - start, load_start, load_average(), os.cpu_count(), seconds
+    )
     path, block = reproduce_report.write_report(workdir, plan, results, timing, quick=quick)
     log(f"[reproduce] wrote {path} ({timing.describe()})")
     if readme:

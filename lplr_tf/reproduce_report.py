@@ -31,14 +31,13 @@ from lplr_tf.reproduce import (
 )
 from lplr_tf.rundir import RunDirectory, write_atomically
 from lplr_tf.sweep_progress import format_duration
+from lplr_tf.tables import cell
 
 REPORT_FILE = "REPRODUCTION.md"
 BEGIN_MARKER = "<!-- lplr-reproduce:begin -->"
 END_MARKER = "<!-- lplr-reproduce:end -->"
 PAPER_WIDTH = 1024
 PAPER_FINAL_DRIFT = {FIXED_STEP: 1.870, SMALL_STEP: 0.158}  # the paper, width 1024
-MATCH_FACTOR = 2.0  # a figure "matches" the paper's when within this factor of it
-LINEAR_MODELS = ("linear", "sublinear_then_linear", "two_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +48,7 @@ class Timing:
     load_start: float | None
     load_end: float | None
     cpus: int | None
+    experiment_seconds: dict = dataclasses.field(default_factory=dict)
 
     def describe(self):
         loads = "unknown" if self.load_start is None else f"{self.load_start:.2f}"
@@ -137,10 +137,6 @@ def records(workdir, experiment, result):
 # Cells.
 
 
-def cell(value, kind="number"):
-    return tables.cell(value, kind)
-
-
 def rate_cell(record):
     """'ρ̂ [low, high]' with the fit's 95 % interval."""
     rate = record.value("fitted_rate")
@@ -181,13 +177,9 @@ def step_label(record):
     return f"η = {cell(record.learning_rate)}"
 
 
-def statistics(values):
-    return sweep_statistics.across_seeds(values)
-
-
 def mean_cell(values, kind="number"):
     """'mean [low, high]' across seeds (the 95 % Student-t interval; none for one value)."""
-    found = statistics(values)
+    found = sweep_statistics.across_seeds(values)
     if not found["n"]:
         return tables.MISSING
     text = cell(found["mean"], kind)
@@ -241,8 +233,14 @@ def _counted(texts):
     return ", ".join(t if n == 1 else f"{t} ×{n}" for t, n in counts.items())
 
 
+GROUP_HEADER = (
+    "c = η·β₀", "final drift ‖θ−θ₀‖", "relative drift ‖θ−θ₀‖/‖θ₀‖", "kernel drift",
+    "PL envelope", "μ", "ρ̂ across seeds", "phase model (τ per seed)", "local regime",
+)  # fmt: skip
+
+
 def group_row(members):
-    """The across-seed cells of one group of runs (the width × step table, the seed rows)."""
+    """The across-seed cells (GROUP_HEADER) of one group of runs: mean [95 % interval]."""
     kept = [m for m in members if m.summary is not None and m.status != "diverged"]
     taus = [m.value("transition_step") for m in kept]
     phases = _counted(m.value("phase_model") or tables.MISSING for m in kept) or tables.MISSING
@@ -251,98 +249,76 @@ def group_row(members):
     regimes = [m.value("in_local_regime") for m in kept]
     regime = f"stayed {sum(r is True for r in regimes)}/{len(members)}"
     left_out = [f"seed={m.seed} {m.status}" for m in members if m not in kept]
-    return {
-        "c": mean_cell([m.c for m in kept]),
-        "final_drift": mean_cell([m.value("final_drift") for m in kept]),
-        "relative_drift": mean_cell([m.value("relative_drift") for m in kept]),
-        "kernel_drift": mean_cell([m.value("kernel_drift") for m in kept]),
-        "pl_lower_envelope": mean_cell([m.value("pl_lower_envelope") for m in kept]),
-        "mu": mean_cell([m.value("mu") for m in kept]),
-        "fitted_rate": mean_cell([m.value("fitted_rate") for m in kept], "rate"),
-        "phases": phases,
-        "regime": regime + (f" ({'; '.join(left_out)} left out)" if left_out else ""),
-    }
+    if left_out:
+        regime += f" ({'; '.join(left_out)} left out)"
+    fields = ("final_drift", "relative_drift", "kernel_drift", "pl_lower_envelope", "mu")
+    return (
+        mean_cell([m.c for m in kept]),
+        *(mean_cell([m.value(name) for m in kept]) for name in fields),
+        mean_cell([m.value("fitted_rate") for m in kept], "rate"),
+        phases,
+        regime,
+    )
 
 
 WIDTH_NOTE = (
     "Mean [95 % interval, Student t] across seeds; c = η·β₀ with β₀ the sharpness at "
     "initialization."
 )
-WIDTH_HEADER = (
-    "width", "step", "c = η·β₀", "final drift ‖θ−θ₀‖", "relative drift ‖θ−θ₀‖/‖θ₀‖",
-    "kernel drift", "PL envelope", "μ", "ρ̂ across seeds", "phase model (τ per seed)",
-    "local regime", "paper: final drift",
-)  # fmt: skip
+WIDTH_HEADER = ("width", "step", *GROUP_HEADER, "paper: final drift")
+SEEDS_HEADER = ("seeds", *GROUP_HEADER)
 
 
 def width_rows(found):
-    """The width × step table: mean [95 % interval] across seeds."""
+    """The width × step table (WIDTH_HEADER): mean [95 % interval] across seeds."""
     rows = []
     for width in sorted({r.width for r in found}):
         for step in (FIXED_STEP, SMALL_STEP):
             members = [r for r in found if r.width == width and r.step == step]
-            if not members:
-                continue
-            cells = group_row(members)
-            paper = PAPER_FINAL_DRIFT[step] if width == PAPER_WIDTH else None
-            rows.append(
-                (
-                    str(width),
-                    step_label(members[0]),
-                    cells["c"],
-                    cells["final_drift"],
-                    cells["relative_drift"],
-                    cells["kernel_drift"],
-                    cells["pl_lower_envelope"],
-                    cells["mu"],
-                    cells["fitted_rate"],
-                    cells["phases"],
-                    cells["regime"],
-                    f"{paper:.3f}" if paper is not None else "",
-                )
-            )
+            if members:
+                paper = PAPER_FINAL_DRIFT[step] if width == PAPER_WIDTH else None
+                paper_cell = f"{paper:.3f}" if paper is not None else ""
+                rows.append((str(width), step_label(members[0]), *group_row(members), paper_cell))
     return rows
-
-
-SEEDS_HEADER = (
-    "seeds", "c = η·β₀", "final drift ‖θ−θ₀‖", "relative drift", "kernel drift",
-    "PL envelope", "μ", "ρ̂ across seeds", "phase model (τ per seed)", "local regime",
-)  # fmt: skip
-
-
-def seeds_row(found):
-    cells = group_row(found)
-    return (
-        str(len(found)),
-        cells["c"],
-        cells["final_drift"],
-        cells["relative_drift"],
-        cells["kernel_drift"],
-        cells["pl_lower_envelope"],
-        cells["mu"],
-        cells["fitted_rate"],
-        cells["phases"],
-        cells["regime"],
-    )
 
 
 # --------------------------------------------------------------------------------------
 # The report.
 
 
-def _section(experiment, found, quick, workdir):
-    """The heading, data line and per-run table of one experiment."""
-    directory = os.path.join(workdir, experiment.directory)
+INTRODUCTION = (
+    "Written by `lplr-reproduce` from the runs' summary.json files (rerun the command to "
+    "regenerate; finished runs are skipped). Drift ‖θ_t − θ₀‖₂ (absolute) and "
+    "‖θ_t − θ₀‖₂/‖θ₀‖₂ (relative); kernel drift ‖K_t − K₀‖_F/‖K₀‖_F with K = Θ/n; PL "
+    "envelope: the lowest PL ratio q = ‖∇L‖²/(2(L − L*)) on the rate-fit window; μ = "
+    "min_t λ_min(K_t); ρ̂: the fitted per-step rate with its 95 % interval; local regime: "
+    "λ_min(K_t) > 0 and kernel drift ≤ 0.5 at every probe."
+)
+
+
+def _experiment_lines(experiment, members, workdir, quick):
+    """(lines of the block, lines of the 'Every run' part) of one experiment."""
+    from lplr_tf import reproduce_findings
+
     lines = [f"### {experiment.title}", ""]
-    data = [r.summary["run"] for r in found if r.summary is not None and r.summary.get("run")]
-    if data:
-        lines.append(f"Data: `{data[0]['dataset']}`, n = {data[0]['train_size']}: "
-                     f"{data[0]['data_source']}.")  # fmt: skip
-    if experiment.data_note:
-        lines.append(f"Ran on {experiment.data_note}.")
-    lines += ["", f"`{experiment.sweep_command(workdir, quick)}` (sweep tables: "
-              f"`{os.path.relpath(directory, workdir)}/sweep.md`)", ""]  # fmt: skip
-    return lines
+    facts = [r.summary["run"] for r in members if r.summary and r.summary.get("run")]
+    if facts:
+        lines.append(
+            f"Data: `{facts[0]['dataset']}`, n = {facts[0]['train_size']}: "
+            f"{facts[0]['data_source']}. Ran on {experiment.data_note}."
+        )
+    sweep_tables = os.path.join(experiment.directory, "sweep.md")
+    lines += ["", f"`{experiment.sweep_command(workdir, quick)}` (`{sweep_tables}`)", ""]
+    runs = _table(RUN_HEADER, run_rows(members))
+    if experiment.name != WIDTH_ABLATION:
+        lines += [runs, ""]
+        if len(members) > 1:
+            seeds = _table(SEEDS_HEADER, [(str(len(members)), *group_row(members))])
+            lines += ["Across seeds (mean [95 % interval]):", "", seeds, ""]
+        return lines, []
+    lines += [WIDTH_NOTE, "", _table(WIDTH_HEADER, width_rows(members)), ""]
+    lines += reproduce_findings.paper_drift_table(members, PAPER_FINAL_DRIFT, PAPER_WIDTH)
+    return lines, [f"### {experiment.title}: every run", "", runs, ""]
 
 
 def write_report(workdir, plan, results, timing, *, quick=False):
@@ -351,56 +327,33 @@ def write_report(workdir, plan, results, timing, *, quick=False):
 
     found = {e.name: records(workdir, e, results[e.name]) for e in plan}
     figures = reproduce_figures.draw_all(workdir, plan, found, PAPER_FINAL_DRIFT, PAPER_WIDTH)
-    mode = "`--quick` smoke version (tiny n, few steps: not the paper's numbers)" if quick else (
-        "full reproduction"
-    )  # fmt: skip
-    command = "lplr-reproduce --workdir=" + workdir + (" --quick" if quick else "")
+    if quick:
+        mode = "`--quick` smoke version (tiny n, few steps: not the paper's numbers)"
+    else:
+        mode = "full reproduction"
+    counts = ", ".join(
+        f"{e.name} {len(results[e.name].ran)} ran / {len(results[e.name].skipped)} skipped "
+        f"in {format_duration(timing.experiment_seconds.get(e.name, 0.0))}"
+        for e in plan
+    )
+    command = f"lplr-reproduce --workdir={workdir}" + (" --quick" if quick else "")
+    runs = sum(len(members) for members in found.values())
     block = [
         BEGIN_MARKER,
-        f"`{command}`: {mode}; {sum(len(v) for v in found.values())} runs; this invocation "
-        f"took {timing.describe()}; "
-        + ", ".join(
-            f"{e.name} {len(results[e.name].ran)} ran / {len(results[e.name].skipped)} skipped"
-            for e in plan
-        )
-        + ".",
+        f"`{command}`: {mode}; {runs} runs; this invocation took {timing.describe()}; {counts}.",
         "",
     ]
     body = []
     for experiment in plan:
-        members = found[experiment.name]
-        section = _section(experiment, members, quick, workdir)
-        if experiment.name == WIDTH_ABLATION:
-            block += section[:1] + [""] + section[2:]
-            block += [WIDTH_NOTE, "", _table(WIDTH_HEADER, width_rows(members)), ""]
-            block += reproduce_findings.paper_drift_table(members, PAPER_FINAL_DRIFT, PAPER_WIDTH)
-            body += [f"### {experiment.title}: every run", ""]
-            body += [_table(RUN_HEADER, run_rows(members)), ""]
-        else:
-            block += section + [_table(RUN_HEADER, run_rows(members)), ""]
-            if len(members) > 1:
-                block += ["Across seeds (mean [95 % interval]):", "",
-                          _table(SEEDS_HEADER, [seeds_row(members)]), ""]  # fmt: skip
+        lines, every_run = _experiment_lines(experiment, found[experiment.name], workdir, quick)
+        block += lines
+        body += every_run
     block += reproduce_findings.agreement_section(found, PAPER_FINAL_DRIFT, PAPER_WIDTH)
     block.append(END_MARKER)
-    text = [
-        "# Reproducing the paper",
-        "",
-        "Written by `lplr-reproduce` from the runs' summary.json files (rerun the command to "
-        "regenerate; finished runs are skipped). Drift ‖θ_t − θ₀‖₂ (absolute) and "
-        "‖θ_t − θ₀‖₂/‖θ₀‖₂ (relative); kernel drift ‖K_t − K₀‖_F/‖K₀‖_F with K = Θ/n; PL "
-        "envelope: the lowest PL ratio q = ‖∇L‖²/(2(L − L*)) on the rate-fit window; μ = "
-        "min_t λ_min(K_t); ρ̂: the fitted per-step rate with its 95 % interval; local regime: "
-        "λ_min(K_t) > 0 and kernel drift ≤ 0.5 at every probe.",
-        "",
-        *block,
-        "",
-        "## Every run",
-        "",
-        *body,
-        "## Figures",
-        "",
-    ]
+    text = ["# Reproducing the paper", "", INTRODUCTION, "", *block, ""]
+    if body:
+        text += ["## Every run", "", *body]
+    text += ["## Figures", ""]
     for caption, path in figures:
         text += [f"**{caption}**", "", f"![{caption}]({os.path.relpath(path, workdir)})", ""]
     report_path = os.path.join(workdir, REPORT_FILE)

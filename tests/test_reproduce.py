@@ -269,3 +269,19 @@ def test_paper_claims_are_judged_from_the_numbers():
     small[0] = _record(1024, "0.5", 0, 1.45, 0.02, 3.0, True)
     claims = reproduce_findings.ablation_claims(fixed + small, paper, 1024)
     assert claims[0][3] is False and "lower at every seed: no" in claims[0][2]
+
+
+def test_linear_convergence_in_a_pl_region_agrees_partly_or_not():
+    def judged(found):
+        return reproduce_findings._linear_and_local(found, "claim")[3]
+
+    found = [_record(None, None, s, 0.5, 0.01, 0.8, True) for s in range(3)]
+    assert judged(found) is True
+    found[1] = _record(None, None, 1, 0.5, 0.01, 0.8, False)  # the kernel moved
+    assert judged(found) == "partly: PL holds at every seed, not the local regime"
+    found[2].summary["phases"]["model"] = "sublinear"
+    assert judged(found) == (
+        "partly: PL holds at every seed, not a linear last phase nor the local regime"
+    )
+    found[0] = _record(None, None, 0, 0.5, 0.01, 0.0, True)  # PL envelope 0: PL failed
+    assert judged(found) is False
