@@ -270,8 +270,8 @@ def reproduce(
     start, load_start = time.monotonic(), load_average()
     log(
         f"[reproduce] {'quick smoke version' if quick else 'full reproduction'}: "
-        f"{len(plan)} experiment(s) in {workdir}; load average {load_start} on "
-        f"{os.cpu_count()} CPUs"
+        f"{len(plan)} experiment(s) in {workdir}; load average "
+        f"{'unknown' if load_start is None else f'{load_start:.2f}'} on {os.cpu_count()} CPUs"
     )
     if resnet is not None:
         log(f"[reproduce] experiment (c) runs on {resnet.note}")
