@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo reproduce test lint install clean
 
 install: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lplr-train --gin_file=digits_fc_gd.gin --workdir=runs/demo
 	@echo "Results: runs/demo (summary.json, metrics.jsonl, plots/, tb/)"
+
+# The paper's three experiments on real data (~30 min on 2 CPU cores; resumable: rerun it).
+reproduce: $(STAMP)
+	$(BIN)/lplr-reproduce --workdir=runs/reproduce
+	@echo "Results: runs/reproduce/REPRODUCTION.md"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
