@@ -14,7 +14,6 @@ and `not_measured` are how every panel reads metric rows and says what is missin
 
 import contextlib
 import dataclasses
-import math
 import os
 
 import matplotlib
@@ -28,6 +27,7 @@ from matplotlib.path import Path
 
 from lplr_tf import validation
 from lplr_tf.rundir import FIGURE_FORMATS as FORMATS
+from lplr_tf.values import finite
 
 # Okabe & Ito's palette: distinguishable with the common colour-vision deficiencies.
 COLORS = {
@@ -158,10 +158,10 @@ def series(rows, key, offset=0.0):
     """Returns (steps, values) float arrays for rows where `key` is a finite number."""
     steps, values = [], []
     for row in rows:
-        value = row.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        value = finite(row.get(key))
+        if value is not None:
             steps.append(float(row["step"]))
-            values.append(float(value) - offset)
+            values.append(value - offset)
     return np.asarray(steps), np.asarray(values)
 
 

@@ -1,6 +1,6 @@
 """Hessian-vector products of the squared loss and the sharpness β = λ_max(∇²L).
 
-The loss is the one of DESIGN.md §1, L(θ) = 1/(2n) Σ_i ‖f(x_i; θ) − y_i‖², differentiated
+The loss is `losses.squared_loss`, L(θ) = 1/(2n) Σ_i ‖f(x_i; θ) − y_i‖², differentiated
 with respect to `model.trainable_variables` (the model is called with training=False).
 Hessian-vector products use a nested `tf.GradientTape` (reverse-over-reverse). The
 parameter vector θ in R^P is the concatenation of the trainable variables flattened in
@@ -24,6 +24,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from lplr_tf import losses
 from lplr_tf.ntk import cache
 from lplr_tf.ntk.lanczos import lanczos_extreme_eigenvalues, lanczos_graph
 
@@ -70,9 +71,7 @@ def _graph_product(model_ref, variables, x, y, vector):
     with tf.GradientTape() as outer:
         with tf.GradientTape() as inner:
             prediction = model_ref()(x, training=False)
-            residual = prediction - tf.reshape(tf.cast(y, prediction.dtype), tf.shape(prediction))
-            count = tf.cast(tf.shape(prediction)[0], prediction.dtype)
-            loss = 0.5 * tf.reduce_sum(tf.square(residual)) / count
+            loss = losses.squared_loss(prediction, y, tf.shape(prediction)[0], prediction.dtype)
         gradients = inner.gradient(loss, variables, unconnected_gradients=zero)
         directional = tf.add_n([tf.reduce_sum(g * t) for g, t in zip(gradients, tangents)])
     products = outer.gradient(directional, variables, unconnected_gradients=zero)

@@ -13,33 +13,37 @@ import keras
 import tensorflow as tf
 
 
-def half_squared_error_sum(predictions, targets):
-    """½ Σ ‖f_i − y_i‖² over a batch, in float32.
+def half_squared_error_sum(predictions, targets, dtype=tf.float32):
+    """½ Σ ‖f_i − y_i‖² over a batch, in `dtype`.
 
     Args:
-      predictions: Model outputs f(x), shape (b, O) (any dtype; cast to float32).
+      predictions: Model outputs f(x), shape (b, O) (any dtype; cast to `dtype`).
       targets: Targets y with the same number of elements, (b, O) or (b,) when O = 1.
+      dtype: Of the computation: float32 for training; the Hessian of a float64 model
+        keeps float64.
 
     Returns:
-      A float32 scalar.
+      A scalar of `dtype`.
     """
-    predictions = tf.cast(predictions, tf.float32)
-    targets = tf.reshape(tf.cast(targets, tf.float32), tf.shape(predictions))
+    predictions = tf.cast(predictions, dtype)
+    targets = tf.reshape(tf.cast(targets, dtype), tf.shape(predictions))
     return 0.5 * tf.reduce_sum(tf.square(predictions - targets))
 
 
-def squared_loss(predictions, targets, num_examples):
+def squared_loss(predictions, targets, num_examples, dtype=tf.float32):
     """L = ½ Σ_i ‖f_i − y_i‖² / n for the examples given (n = `num_examples`, the global count).
 
     Args:
       predictions: (b, O) outputs of this replica's (or the whole) batch.
       targets: (b, O) targets.
       num_examples: n, the number of examples the loss averages over (all replicas).
+      dtype: Of the computation (see `half_squared_error_sum`).
 
     Returns:
-      A float32 scalar: this batch's share of L.
+      A scalar of `dtype`: this batch's share of L.
     """
-    return half_squared_error_sum(predictions, targets) / tf.cast(num_examples, tf.float32)
+    total = half_squared_error_sum(predictions, targets, dtype)
+    return total / tf.cast(num_examples, dtype)
 
 
 class HalfSquaredError(keras.losses.Loss):

@@ -10,6 +10,8 @@ any other name (a user's model) is shown as it is. A fact that was not recorded 
 import math
 import re
 
+from lplr_tf.values import finite
+
 DATASETS = {
     "digits": "Digits",
     "mnist": "MNIST",
@@ -59,7 +61,7 @@ def protocol_title(protocol, batch_size=None):
 
 def step_size_title(learning_rate, calibration=None):
     """ "$\\eta$ = 2.5", or "$\\eta = 1/\\beta_0$ = 3.05" when η was set from the sharpness."""
-    if not isinstance(learning_rate, (int, float)) or not math.isfinite(learning_rate):
+    if finite(learning_rate) is None:
         return None
     if isinstance(calibration, dict) and calibration.get("learning_rate_times_sharpness"):
         factor = calibration["learning_rate_times_sharpness"]

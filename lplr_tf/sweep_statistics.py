@@ -17,6 +17,7 @@ that failed (status `error`) have no summary and are left out too.
 import math
 
 from lplr_tf import tables
+from lplr_tf.values import finite
 
 # The fields aggregated across seeds (names of tables.SUMMARY_FIELDS).
 AGGREGATED = (
@@ -47,26 +48,22 @@ def across_seeds(values):
       A dict with keys STATISTICS; every statistic is None when no value is finite, and the
       interval is None when only one is.
     """
-    finite = [
-        float(v)
-        for v in values
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ]
-    n = len(finite)
+    numbers = [number for number in map(finite, values) if number is not None]
+    n = len(numbers)
     if not n:
         return dict.fromkeys(STATISTICS[:-1]) | {"n": 0}
-    mean = sum(finite) / n
+    mean = sum(numbers) / n
     low = high = None
     if n > 1:
-        deviation = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1))
+        deviation = math.sqrt(sum((v - mean) ** 2 for v in numbers) / (n - 1))
         half_width = student_t_quantile(0.975, n - 1) * deviation / math.sqrt(n)
         low, high = mean - half_width, mean + half_width
     return {
         "mean": mean,
         "ci95_low": low,
         "ci95_high": high,
-        "min": min(finite),
-        "max": max(finite),
+        "min": min(numbers),
+        "max": max(numbers),
         "n": n,
     }
 

@@ -13,7 +13,8 @@ import numpy as np
 def finite(value):
     """Returns `value` as a float when it is a finite real number, else None.
 
-    None, booleans, strings and other non-numbers give None, as do NaN and ±inf.
+    None, booleans and what `float` cannot read give None, as do NaN and ±inf (a numeric
+    string such as "1" reads as its number).
     """
     if value is None or isinstance(value, (bool, np.bool_)):
         return None

@@ -62,12 +62,27 @@ class _MatrixFree:
         n = int(x.shape[0])
         if block_size is None or block_size >= n:
             return self.ntvp(x, v)
-        blocks = [(s, min(s + block_size, n)) for s in range(0, n, block_size)]
+        tangents = self.blocked_vjp(x, v, block_size)
+        blocks = _blocks(n, block_size)
+        return tf.concat([self.jvp(x[s:e], tangents) for s, e in blocks], axis=0)
+
+    def quadratic_form_blocked(self, x, v, block_size):
+        """vᵀΘv = ‖Jᵀv‖² for x (n, ...) and v (n, O)."""
+        if block_size is None or block_size >= int(x.shape[0]):
+            return self.quadratic_form(x, v)
+        return tf.add_n([tf.reduce_sum(tf.square(t)) for t in self.blocked_vjp(x, v, block_size)])
+
+    def blocked_vjp(self, x, v, block_size):
+        """Jᵀv summed over blocks of `block_size` examples: one list of parameter tangents."""
         tangents = None
-        for start, stop in blocks:
+        for start, stop in _blocks(int(x.shape[0]), block_size):
             part = self.vjp(x[start:stop], v[start:stop])
             tangents = part if tangents is None else [a + b for a, b in zip(tangents, part)]
-        return tf.concat([self.jvp(x[s:e], tangents) for s, e in blocks], axis=0)
+        return tangents
+
+
+def _blocks(n, block_size):
+    return [(start, min(start + block_size, n)) for start in range(0, n, block_size)]
 
 
 def _functions(model, jit_compile):
@@ -179,15 +194,7 @@ def _hutchinson_trace(functions, x, num_outputs, num_probes, rng, block_size):
     estimates = []
     for _ in range(num_probes):
         z = tf.constant(rng.choice(np.array([-1.0, 1.0]), size=(n, num_outputs)), x.dtype)
-        if block_size is None or block_size >= n:
-            value = float(functions.quadratic_form(x, z))
-        else:
-            tangents = None
-            for s in range(0, n, block_size):
-                part = functions.vjp(x[s : s + block_size], z[s : s + block_size])
-                tangents = part if tangents is None else [a + b for a, b in zip(tangents, part)]
-            value = float(sum(tf.reduce_sum(tf.square(t)) for t in tangents))
-        estimates.append(value)
+        estimates.append(float(functions.quadratic_form_blocked(x, z, block_size)))
     return float(np.mean(estimates))
 
 
