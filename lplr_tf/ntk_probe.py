@@ -212,9 +212,12 @@ class NTKProbe:
         at `step` (none before K₀ is known or without the prediction)."""
         if self._linearized is None:
             return {}
-        predicted = self._linearized.residuals([step])[0]
-        fields = {"loss_linearized": finite(0.5 * predicted @ predicted / self._num_examples)}
-        if self._linearized.residual0_norm > 0:
-            deviation = np.linalg.norm(residual() - predicted)
-            fields["linearized_deviation"] = finite(deviation / self._linearized.residual0_norm)
+        # Past η = 2/λ_max(K₀) the prediction grows like |1 − ηλ|^t and overflows: it is then
+        # recorded as not finite (None), without NumPy's warnings on the console.
+        with np.errstate(over="ignore", invalid="ignore"):
+            predicted = self._linearized.residuals([step])[0]
+            fields = {"loss_linearized": finite(0.5 * predicted @ predicted / self._num_examples)}
+            if self._linearized.residual0_norm > 0:
+                deviation = np.linalg.norm(residual() - predicted)
+                fields["linearized_deviation"] = finite(deviation / self._linearized.residual0_norm)
         return fields

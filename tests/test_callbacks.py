@@ -1,6 +1,7 @@
 """LPLRCallback inside a user's `model.fit`: same numbers as the launcher, caveats otherwise."""
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -672,3 +673,28 @@ def test_softmax_output_is_reported_not_covered_and_its_logits_are_measured():
     assert summary["not_covered"] is None
     assert summary["callback"]["measured_on"] == "layer 'logits'"
     assert summary["verdict"].startswith("Stayed in a locally PL region")
+
+
+def test_linearized_prediction_past_two_over_lambda_max_is_not_finite_and_quiet():
+    """η·λ_max(K₀) = 11: the linearized residuals grow like 10^t, finite at step 100 (~1e100)
+    but their square overflows float64 at step 200 (~1e400); the row records None there, and
+    NumPy prints no overflow warning."""
+    data = _dataset(num_examples=8)
+    model = _sequential(4, 1)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=HalfSquaredError())
+    lambda_max = lplr_tf.diagnose(model, data.x, data.y)["ntk_lambda_max"]
+    callback = lplr_tf.LPLRCallback(
+        (data.x, data.y),
+        every_n_steps=100,
+        learning_rate=11.0 / lambda_max,  # the prediction's η; training itself is tame
+        probe_settings=ProbeSettings(measure_sharpness=False, a_priori_check=False),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model.fit(data.x, data.y, batch_size=8, epochs=200, verbose=0, callbacks=[callback])
+    first, last = callback.history[0], callback.history[-1]
+    assert first["step"] == 0 and last["step"] == 200
+    assert first["loss_linearized"] == pytest.approx(first["loss"], rel=1e-5)
+    assert 1e150 < callback.history[1]["loss_linearized"] < 1e250  # step 100: finite
+    assert last["loss_linearized"] is None and last["linearized_deviation"] is None
+    assert np.isfinite(last["loss"])
