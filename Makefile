@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/lplr-train --gin_file=digits_fc_gd.gin --workdir=runs/demo
 	@echo "Results: runs/demo (summary.json, metrics.jsonl, plots/, tb/)"
 
-# The paper's three experiments on real data (~30 min on 2 CPU cores; resumable: rerun it).
+# The paper's three experiments on real data (13-20 min on 2 CPU cores; resumable: rerun it).
 reproduce: $(STAMP)
 	$(BIN)/lplr-reproduce --workdir=runs/reproduce
 	@echo "Results: runs/reproduce/REPRODUCTION.md"

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from lplr_tf import hessian, ntk
+from lplr_tf.bounds import step_size_ok
 
 KIND = "sampled check, not a proof"
 DEFAULT_RADII = (0.25, 0.5, 1.0)
@@ -131,6 +132,7 @@ def check(
     memory_budget_bytes=None,
     sharpness=None,
     max_samples=None,
+    progress=None,
 ):
     """Samples the ball B(θ₀, R₀) of the theorem at the network's current weights θ₀.
 
@@ -146,6 +148,8 @@ def check(
       sharpness: β₀ if already measured; else `hessian.sharpness` measures it.
       max_samples: Cap on the samples; None: all when d = nO ≤ LARGE_KERNEL_DIM, else
         LARGE_KERNEL_SAMPLES.
+      progress: Optional callable taking one line of text, called before the samples and
+        after each (each sample costs about one probe: minutes on large kernels).
 
     Returns:
       A JSON-ready dict: kind, output_mode, learning_rate, kernel_dim, kernel_change_method
@@ -202,7 +206,7 @@ def check(
     beta0 = float(sharpness)
     lambda0 = float(statistics0.lambda_min)
     result.update(lambda0=lambda0, mu0=lambda0 / 2, beta0=beta0)
-    result["step_size_ok"] = bool(learning_rate * beta0 <= 1.0)
+    result["step_size_ok"] = bool(step_size_ok(learning_rate, beta0))
     if lambda0 <= 0:
         result.update(lambda_ok=False, holds=False)
         return _skipped(result, f"λ_min(K₀) = {lambda0:.3g} ≤ 0: no PL constant at θ₀")
@@ -213,6 +217,11 @@ def check(
     if max_samples is None:
         max_samples = len(plan) if dim <= LARGE_KERNEL_DIM else LARGE_KERNEL_SAMPLES
     plan = plan[:max_samples]
+    report = progress or (lambda line: None)
+    report(
+        f"A-priori check at θ₀: λ₀ = {lambda0:.3g}, β₀ = {beta0:.6g}, R₀ = {radius:.3g}; "
+        f"{len(plan)} sample(s) of the ball, one {dim}×{dim} kernel each"
+    )
     names = list(dict.fromkeys(name for name, _, _ in plan))
     vectors = {name: v for name, _, v in plan}
     directions = dict(zip(names, parameter_directions(network, x, [vectors[k] for k in names])))
@@ -245,6 +254,10 @@ def check(
                     "kernel_change": change,
                     "lipschitz": change / step,
                 }
+            )
+            report(
+                f"A-priori sample {len(result['samples'])}/{len(plan)} ({name} at "
+                f"{fraction:g}·R₀): λ_min = {statistics.lambda_min:.3g}"
             )
     finally:
         for variable, start in zip(variables, saved):

@@ -22,7 +22,16 @@ import math
 from lplr_tf.values import finite
 
 BOUND_RELATIVE_SLACK = 1e-4
+# η·β ≤ 1 is judged with this relative slack: β is a float32 Lanczos value, and a run with
+# η = 1/β₀ measures β₀ again (the a-priori check, the step-0 probe) to within ~1e-6, so
+# without it η = 1/β₀ itself would "violate" η ≤ 1/β₀.
+STEP_SIZE_RELATIVE_SLACK = 1e-4
 A_POSTERIORI_NOTE = "secant Lipschitz estimate along the trajectory: evidence, not a proof"
+
+
+def step_size_ok(learning_rate, sharpness):
+    """η·β ≤ 1 (within STEP_SIZE_RELATIVE_SLACK): the step-size hypothesis of ρ_bound."""
+    return learning_rate * sharpness <= 1.0 + STEP_SIZE_RELATIVE_SLACK
 
 
 def series(rows, key):
@@ -70,7 +79,7 @@ def rate_bounds(*, learning_rate, mu, beta_max, pl_envelope, fitted_rate):
             None if factor is None or pl_envelope is None else 1.0 - factor * pl_envelope
         ),
         "descent_valid": None if beta_max is None else learning_rate * beta_max < 2.0,
-        "step_size_ok": None if beta_max is None else learning_rate * beta_max <= 1.0,
+        "step_size_ok": None if beta_max is None else step_size_ok(learning_rate, beta_max),
         "tightness": tightness,
     }
 

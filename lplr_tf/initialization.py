@@ -57,8 +57,12 @@ def calibrated_protocol(plan, network, x, y):
     return dataclasses.replace(plan, learning_rate=learning_rate), calibration
 
 
-def a_priori_check(plan, probe_settings, network, x, y):
-    """The a-priori check of the ball at θ₀ for full-batch GD, or a dict saying why not."""
+def a_priori_check(plan, probe_settings, network, x, y, sharpness=None):
+    """The a-priori check of the ball at θ₀ for full-batch GD, or a dict saying why not.
+
+    `sharpness`: β₀ when the step size was calibrated on it (the check then judges η ≤ 1/β₀
+    on the same value); None: the check measures it.
+    """
     if not probe_settings.a_priori_check:
         return {"skipped": "diagnostics.ProbeSettings.a_priori_check = False"}
     if not plan.full_batch:
@@ -66,7 +70,13 @@ def a_priori_check(plan, probe_settings, network, x, y):
     if not probe_settings.measure_ntk:
         return {"skipped": "the NTK is not measured (diagnostics.ProbeSettings.measure_ntk)"}
     return a_priori.check(
-        network, x, y, learning_rate=plan.learning_rate, output_mode=probe_settings.ntk_output_mode
+        network,
+        x,
+        y,
+        learning_rate=plan.learning_rate,
+        output_mode=probe_settings.ntk_output_mode,
+        sharpness=sharpness,
+        progress=logging.info,
     )
 
 
@@ -108,7 +118,8 @@ def initial_facts(run_dir, plan, probe_settings, network, training_set, probe_si
     if facts is None:
         x, y = tf.constant(training_set.x), tf.constant(training_set.y)
         plan, calibration = calibrated_protocol(plan, network, x, y)
-        check = a_priori_check(plan, probe_settings, network, x, y)
+        sharpness0 = calibration["sharpness0"] if calibration else None
+        check = a_priori_check(plan, probe_settings, network, x, y, sharpness0)
         facts = run_facts(
             plan, probe_settings, training_set, network, int(probe_size), calibration, check
         )

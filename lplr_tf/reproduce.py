@@ -1,6 +1,6 @@
 """`lplr-reproduce`: the paper's three experiments on real data, in one resumable command.
 
-    lplr-reproduce --workdir=runs/reproduce            # the full reproduction (~25 min, 2 CPUs)
+    lplr-reproduce --workdir=runs/reproduce            # the full reproduction (13-20 min, 2 CPUs)
     lplr-reproduce --workdir=/tmp/smoke --quick        # a seconds-long smoke version
 
 The experiments (each a sweep of `lplr_tf.sweep.run_sweep` on the local backend, in this
@@ -57,9 +57,10 @@ TITLES = {
 DATA_TITLES = {"cifar10": "CIFAR-10 (airplane vs automobile)", "mnist": "bundled MNIST (0 vs 1)"}
 MODE_FILE = "reproduce.json"
 HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
-# Wall minutes of each experiment measured by the full command on 2 shared CPU cores (load
-# average ~3); the progress lines quote them before an experiment starts.
-EXPECTED_MINUTES = {FC_GD: 3, WIDTH_ABLATION: 16, RESNET_SGD: 7}
+# Wall minutes of each experiment measured by the full command on 2 CPU cores, quiet (load
+# average ~1: 0.4, 8.3, 4.1 min) and shared (load ~3); the progress lines quote them before an
+# experiment starts.
+EXPECTED_MINUTES = {FC_GD: "1-3", WIDTH_ABLATION: "8-16", RESNET_SGD: "4-7"}
 
 
 @dataclasses.dataclass(frozen=True)

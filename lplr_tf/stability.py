@@ -18,7 +18,7 @@ Lanczos lower estimate); 2/η is the stability threshold of GD on a quadratic.
 
 import itertools
 
-from lplr_tf.bounds import series
+from lplr_tf.bounds import series, step_size_ok
 
 SHARPENING_RISE = 0.2
 SHARPENING_APPROACH = 0.9
@@ -134,9 +134,9 @@ def sharpness_section(rows, learning_rate, end_step=None):
       end_step: Last step to consider (the divergence step of a diverged run), or None.
 
     Returns:
-      Dict max, eta_times_max, step_size_ok (η·β ≤ 1 at every probe), edge_of_stability
-      (η·β ≥ 2 at some probe), gauss_newton_max, progressive_sharpening, loss_spikes,
-      catapult_steps, kind, note.
+      Dict max, eta_times_max, step_size_ok (η·β ≤ 1 at every probe, with the slack of
+      `bounds.step_size_ok`), edge_of_stability (η·β ≥ 2 at some probe), gauss_newton_max,
+      progressive_sharpening, loss_spikes, catapult_steps, kind, note.
     """
     sharpness = series(rows, "sharpness")
     losses = series(rows, "loss")
@@ -149,7 +149,9 @@ def sharpness_section(rows, learning_rate, end_step=None):
     return {
         "max": top,
         "eta_times_max": None if top is None else learning_rate * top,
-        "step_size_ok": None if not values else all(learning_rate * v <= 1.0 for v in values),
+        "step_size_ok": (
+            None if not values else all(step_size_ok(learning_rate, v) for v in values)
+        ),
         "edge_of_stability": None if not values else any(learning_rate * v >= 2.0 for v in values),
         "gauss_newton_max": max(gauss_newton) if gauss_newton else None,
         "progressive_sharpening": progressive_sharpening(sharpness, learning_rate),

@@ -16,6 +16,14 @@ def format_rate(rate):
     return f"{rate:.6g}"
 
 
+def format_step_ratio(value):
+    """η·β with enough digits to differ from the threshold it is compared with (1 or 2)."""
+    digits = 3
+    while digits < 8 and value not in (1.0, 2.0) and float(f"{value:.{digits}g}") in (1.0, 2.0):
+        digits += 1
+    return f"{value:.{digits}g}"
+
+
 def _fmt(value, digits=3):
     return "n/a" if value is None else f"{value:.{digits}g}"
 
@@ -67,7 +75,9 @@ def _bound_phrase(bound, sharp, stated):
     if bound["tightness"] is not None and bound["kind"] != "reference":
         phrase += f", log ρ̂ / log ρ_bound = {bound['tightness']:.3g}"
     if sharp["step_size_ok"] is False:
-        phrase += f"; η·β = {sharp['eta_times_max']:.3g} > 1 (the bound assumes η ≤ 1/β)"
+        phrase += (
+            f"; η·β = {format_step_ratio(sharp['eta_times_max'])} > 1 (the bound assumes η ≤ 1/β)"
+        )
     return phrase
 
 
@@ -125,7 +135,9 @@ def _extras(summary):
             f"2/η = {_fmt(rise['threshold'])})"
         )
     if sharp["edge_of_stability"]:
-        clauses.append(f"η·β reached {sharp['eta_times_max']:.3g} ≥ 2 (edge of stability)")
+        clauses.append(
+            f"η·β reached {format_step_ratio(sharp['eta_times_max'])} ≥ 2 (edge of stability)"
+        )
     if sharp["catapult_steps"]:
         steps = ", ".join(str(s) for s in sharp["catapult_steps"])
         clauses.append(f"catapult(s) at step {steps}")
@@ -144,7 +156,7 @@ def verdict_sentence(summary, divergence_loss):
     sharp = summary["sharpness"]
     if status == "diverged":
         why = (
-            f"η·β = {sharp['eta_times_max']:.3g} ≥ 2, past the edge of stability; "
+            f"η·β = {format_step_ratio(sharp['eta_times_max'])} ≥ 2, past the edge of stability; "
             if sharp["edge_of_stability"]
             else ""
         )

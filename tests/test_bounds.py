@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from lplr_tf import analysis, bounds
+from lplr_tf import analysis, bounds, stability, verdict
 
 N = 4
 
@@ -126,3 +126,22 @@ def test_interlacing_factor_against_a_kernel():
     assert measured["mu"] == pytest.approx(lambda_train)
     assert measured["mu_source"] == "training set"
     assert bounds.pl_constant(rows)["mu"] == pytest.approx(lambda_probe)
+
+
+def test_step_size_hypothesis_has_the_sharpness_precision_as_slack():
+    """η = 1/β₀ with β₀ measured twice (to ~1e-7 apart) meets η ≤ 1/β; 1e-3 past it does not."""
+    beta = 0.8536747097969055
+    assert bounds.step_size_ok(1.0 / 0.8536746209395244, beta)  # η·β = 1 + 1.04e-7
+    assert bounds.step_size_ok(1.0 / beta, beta)
+    assert not bounds.step_size_ok(1.001 / beta, beta)
+    rows = [{"step": 0, "sharpness": beta}, {"step": 10, "sharpness": beta * (1 + 5e-5)}]
+    assert stability.sharpness_section(rows, 1.0 / beta)["step_size_ok"] is True
+    rows.append({"step": 20, "sharpness": beta * 1.01})
+    assert stability.sharpness_section(rows, 1.0 / beta)["step_size_ok"] is False
+
+
+def test_step_ratio_is_printed_with_the_digits_that_differ_from_the_threshold():
+    assert verdict.format_step_ratio(1.0003) == "1.0003"
+    assert verdict.format_step_ratio(2.00049) == "2.0005"
+    assert verdict.format_step_ratio(1.5) == "1.5"
+    assert verdict.format_step_ratio(1.0) == "1"

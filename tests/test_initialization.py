@@ -64,6 +64,9 @@ def test_facts_are_recorded_once_and_reused_on_resume(tmp_path):
     _run(tmp_path, dataset, factor=1.0, num_steps=3)
     run_dir = RunDirectory(tmp_path)
     facts = run_dir.read_facts()
+    # The a-priori check judges η = 1/β₀ on the very β₀ the step was calibrated on.
+    assert facts["a_priori"]["beta0"] == facts["learning_rate_calibration"]["sharpness0"]
+    assert facts["a_priori"]["step_size_ok"] is True
     # A resumed run must report the recorded η, not measure it again: plant another value.
     planted = dict(facts, learning_rate=facts["learning_rate"] * 0.5)
     run_dir.write_facts(planted)
