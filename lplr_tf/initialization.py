@@ -14,6 +14,7 @@ measuring again, so its summary equals an uninterrupted run's.
 """
 
 import dataclasses
+import time
 
 import tensorflow as tf
 from absl import logging
@@ -76,8 +77,23 @@ def a_priori_check(plan, probe_settings, network, x, y, sharpness=None):
         learning_rate=plan.learning_rate,
         output_mode=probe_settings.ntk_output_mode,
         sharpness=sharpness,
-        progress=logging.info,
+        progress=_every_few_seconds(logging.info),
     )
+
+
+def _every_few_seconds(log, seconds=5.0):
+    """`log` for the first line and then at most once per `seconds` (samples of a small
+    kernel take milliseconds; those of a large one minutes)."""
+    last = None
+
+    def throttled(line):
+        nonlocal last
+        now = time.monotonic()
+        if last is None or now - last >= seconds:
+            last = now
+            log(line)
+
+    return throttled
 
 
 def run_facts(
