@@ -225,10 +225,11 @@ class SharpnessSolver:
         self._start = tf.Variable(self._random_start, trainable=False)
         self._warm = tf.Variable(False, trainable=False)
 
+        # warm_start is a boolean tensor, not a Python bool: a cold call (the a-priori check,
+        # η = c/β₀) and the warm probes then share one trace instead of tracing twice.
         def solve(x, y, tolerance, warm_start):
-            start = self._random_start
-            if warm_start:
-                start = tf.where(self._warm, self._start + self._noise, self._random_start)
+            warm = tf.logical_and(warm_start, self._warm)
+            start = tf.where(warm, self._start + self._noise, self._random_start)
             result = lanczos_graph(
                 lambda v: _graph_product(model_ref, variables, x, y, v),
                 tf.convert_to_tensor(start),
@@ -237,9 +238,8 @@ class SharpnessSolver:
                 max_iterations=self.max_iterations,
                 static_shapes=jit_compile,
             )
-            if warm_start:
-                self._start.assign(result["vector"])
-                self._warm.assign(True)
+            self._start.assign(tf.where(warm_start, result["vector"], self._start))
+            self._warm.assign(tf.logical_or(self._warm, warm_start))
             return result
 
         self._solve = tf.function(solve, jit_compile=jit_compile)
@@ -262,7 +262,7 @@ class SharpnessSolver:
             value = sharpness(self._model_ref(), x, y, num_iterations=FIXED_ITERATIONS)
             return SharpnessResult(value, FIXED_ITERATIONS, True, float("nan"))
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
-        result = self._solve(x, y, tf.constant(float(tolerance)), bool(warm_start))
+        result = self._solve(x, y, tf.constant(float(tolerance)), tf.constant(bool(warm_start)))
         return SharpnessResult(
             value=float(result["value"]),
             iterations=int(result["iterations"]),

@@ -63,6 +63,7 @@ class MetricWriter:
         self.metrics_path = metrics_path
         self._file = None
         self._summary_writer = None
+        self._scalar_functions = {}  # {tags: compiled writer of those scalars}
         if metrics_path:
             os.makedirs(os.path.dirname(os.path.abspath(metrics_path)), exist_ok=True)
             temporary = metrics_path + ".tmp"
@@ -88,17 +89,31 @@ class MetricWriter:
             self._file.flush()
         if self._summary_writer is None:
             return
-        with self._summary_writer.as_default(step=row["step"]), np.errstate(over="ignore"):
-            for key, value in row.items():
-                if (
-                    key != "step"
-                    and isinstance(value, (int, float))
-                    and not isinstance(value, bool)
-                ):
-                    # Summaries are float32: a finite float64 beyond its range becomes inf.
-                    tf.summary.scalar(TENSORBOARD_TAGS.get(key, key), np.float32(value))
-            if eigenvalues is not None:
+        scalars = {
+            TENSORBOARD_TAGS.get(key, key): value
+            for key, value in row.items()
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+        with np.errstate(over="ignore"):  # float32: a finite float64 beyond its range is inf
+            values = np.asarray(list(scalars.values()), np.float32)
+        self._scalars(tuple(scalars))(tf.constant(values), tf.constant(row["step"], tf.int64))
+        if eigenvalues is not None:
+            with self._summary_writer.as_default(step=row["step"]):
                 tf.summary.histogram(SPECTRUM_TAG, np.asarray(eigenvalues, np.float64))
+
+    def _scalars(self, tags):
+        """One compiled function per set of tags writing a row's scalars: ~20 eager
+        `tf.summary.scalar` calls cost ~15 ms a probe row on a CPU, one call ~1 ms."""
+        if tags not in self._scalar_functions:
+            writer = self._summary_writer
+
+            def write(values, step):
+                with writer.as_default(step=step):
+                    for index, tag in enumerate(tags):
+                        tf.summary.scalar(tag, values[index])
+
+            self._scalar_functions[tags] = tf.function(write)
+        return self._scalar_functions[tags]
 
     def sync(self):
         """Forces every row written so far to disk (before a checkpoint that covers them)."""

@@ -206,9 +206,8 @@ def test_console_shows_our_lines_only_and_ends_with_the_verdict(tmp_path):
     assert result.returncode == errors.EXIT_OK, result.stderr[-3000:]
     # Every stderr line is absl's format from one of our modules: no TensorFlow start-up
     # lines (oneDNN, cudart, cuInit, cpu_feature_guard, InitializeLog).
-    ours = re.compile(
-        r"^[IWE]\d{4} [\d:.]+ +\d+ (experiment|console|train|checkpointing|initialization)\.py:\d+\] "
-    )
+    modules = "experiment|console|train|checkpointing|initialization"
+    ours = re.compile(rf"^[IWE]\d{{4}} [\d:.]+ +\d+ ({modules})\.py:\d+\] ")
     lines = result.stderr.splitlines()
     assert lines and all(ours.match(line) for line in lines), result.stderr[:2000]
     assert re.search(
