@@ -31,7 +31,8 @@ In one process, side by side (interleaved rounds, median over rounds):
   an interrupt request can wait).
 * The demo's training loop through the launcher (`lplr_tf.train.launch` on digits_fc_gd.gin)
   with its probes and without (diagnostics.ProbeSettings.measure_ntk = measure_sharpness =
-  False): the last row's wall time (from the step-0 row to the end; target <= 1.5x).
+  False), three rounds interleaved: the median of the last row's wall time (from the
+  step-0 row to the end; target <= 1.5x).
 * The demo (`make demo`: digits 0/1, n = 64, FC 64-1024-1, η = 2.5): a probe every 50
   steps up to step 900 (NTK, statistics with K₀, sharpness), Hessian-vector products per
   probe (target <= 10 on average), the largest relative deviation from the 20-iteration
@@ -351,26 +352,31 @@ def bench_demo(last_step, probe_every=50):
     }
 
 
-def bench_demo_loop():
-    """The demo through the launcher, with its probes and without: loop wall times."""
+def bench_demo_loop(rounds=3):
+    """The demo through the launcher, with its probes and without, interleaved `rounds`
+    times: median loop wall times (one run of ~2 s is noisy to ±15 %)."""
     import tempfile
 
     no_probes = [
         "diagnostics.ProbeSettings.measure_ntk = False",
         "diagnostics.ProbeSettings.measure_sharpness = False",
     ]
-    times = {}
+    loops, steps = {"with_probes": [], "without_probes": []}, {}
     with tempfile.TemporaryDirectory() as root:
-        for name, bindings in (("with_probes", []), ("without_probes", no_probes)):
-            workdir = os.path.join(root, name)
-            summary = train.launch(["digits_fc_gd.gin"], bindings, workdir)
-            rows = RunDirectory(workdir).read_metrics()
-            times[name] = {"loop_s": rows[-1]["wall_time"], "steps": summary["steps"]}
+        for round_index in range(rounds):
+            for name, bindings in (("with_probes", []), ("without_probes", no_probes)):
+                workdir = os.path.join(root, f"{name}_{round_index}")
+                summary = train.launch(["digits_fc_gd.gin"], bindings, workdir)
+                loops[name].append(RunDirectory(workdir).read_metrics()[-1]["wall_time"])
+                steps[name] = summary["steps"]
+    median = {name: statistics.median(values) for name, values in loops.items()}
     return {
         "case": "demo_loop",
-        **{f"{k}_{name}": v for name, d in times.items() for k, v in d.items()},
-        "loop_with_probes_over_without": times["with_probes"]["loop_s"]
-        / times["without_probes"]["loop_s"],
+        "rounds": rounds,
+        **{f"loop_s_{name}": median[name] for name in loops},
+        **{f"loop_s_all_{name}": values for name, values in loops.items()},
+        **{f"steps_{name}": value for name, value in steps.items()},
+        "loop_with_probes_over_without": median["with_probes"] / median["without_probes"],
     }
 
 
@@ -478,7 +484,7 @@ def main():
         print(
             f"  loop {d['loop_s_with_probes']:.2f} s with probes, "
             f"{d['loop_s_without_probes']:.2f} s without: "
-            f"{d['loop_with_probes_over_without']:.2f}x",
+            f"{d['loop_with_probes_over_without']:.2f}x (medians of {d['rounds']} rounds)",
             flush=True,
         )
     print()
