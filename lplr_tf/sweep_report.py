@@ -156,7 +156,6 @@ def _draw_metric(axis, name, runs, keys, labels, positions):
     """One panel: mean and 95 % interval per first-key value, one line per second-key value."""
     first = keys[0]
     series_values = keys[1].values if len(keys) > 1 else (None,)
-    drawn = False
     for series in series_values:
         xs, means, errors = [], [], [[], []]
         for position, value in zip(positions, first.values):
@@ -186,8 +185,6 @@ def _draw_metric(axis, name, runs, keys, labels, positions):
         if xs:
             label = None if series is None else f"{labels[1]} = {series}"
             axis.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
-            drawn = True
-    return drawn
 
 
 def plot_sweep(workdir, runs, keys, labels, figure_settings=None):
@@ -219,7 +216,7 @@ def plot_sweep(workdir, runs, keys, labels, figure_settings=None):
     with figures.styled():  # rcParams are read as the artists are made
         figure = figures.new_figure(1.9 * len(PLOTTED), 2.6)
         for axis, name in zip(figure.subplots(1, len(PLOTTED)), PLOTTED):
-            drawn = _draw_metric(axis, name, done, keys, labels, positions)
+            _draw_metric(axis, name, done, keys, labels, positions)
             bound = _kernel_drift_bound(done) if name == "kernel_drift" else None
             if bound is not None:
                 axis.axhline(bound, color="gray", linestyle=":", label="kernel drift bound")
@@ -229,11 +226,21 @@ def plot_sweep(workdir, runs, keys, labels, figure_settings=None):
                 axis.set_xticks(positions, [str(v) for v in x_values])
             axis.set_xlabel(labels[0])
             axis.set_title(f"{tables.FIELDS[name].title}: mean, 95 % interval")
-            if drawn and axis.get_legend_handles_labels()[0]:
-                axis.legend()
+        # One legend for the row of panels, below them: the series are the same in every
+        # panel, and a legend inside a 2-inch panel pushed outside collapses its axes.
+        entries = {}
+        for axis in figure.axes:
+            for handle, label in zip(*axis.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        if entries:
+            figure.legend(
+                list(entries.values()),
+                list(entries),
+                loc="outside lower center",
+                ncols=min(len(entries), 4),
+            )
         if any(r.status == "diverged" for r in done):
             figure.suptitle("× : a seed diverged there (left out of the mean)")
-        figures.place_legends(figure)
     written += figures.save_figure(figure, os.path.join(plot_dir, SWEEP_PLOT), figure_settings)
     return written
 
