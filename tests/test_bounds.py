@@ -134,6 +134,7 @@ def test_step_size_hypothesis_has_the_sharpness_precision_as_slack():
     assert bounds.step_size_ok(1.0 / 0.8536746209395244, beta)  # η·β = 1 + 1.04e-7
     assert bounds.step_size_ok(1.0 / beta, beta)
     assert not bounds.step_size_ok(1.001 / beta, beta)
+    assert bounds.step_size_ok(1.0 + bounds.STEP_SIZE_RELATIVE_SLACK, 1.0)  # at the edge
     rows = [{"step": 0, "sharpness": beta}, {"step": 10, "sharpness": beta * (1 + 5e-5)}]
     assert stability.sharpness_section(rows, 1.0 / beta)["step_size_ok"] is True
     rows.append({"step": 20, "sharpness": beta * 1.01})
@@ -145,3 +146,6 @@ def test_step_ratio_is_printed_with_the_digits_that_differ_from_the_threshold():
     assert verdict.format_step_ratio(2.00049) == "2.0005"
     assert verdict.format_step_ratio(1.5) == "1.5"
     assert verdict.format_step_ratio(1.0) == "1"
+    assert verdict.format_step_ratio(1.23456) == "1.23"  # three digits when they suffice
+    assert verdict.format_step_ratio(1.0012) == "1.001"  # one digit more at a time
+    assert verdict.format_step_ratio(1 + 1e-8) == "1"  # at most 8 significant digits

@@ -150,3 +150,20 @@ def test_local_rates_of_a_summary_stop_at_floor_and_divergence():
     diverged = analysis.summarize(rows, learning_rate=0.1)
     assert diverged["status_step"] == 200
     assert [s for s, _ in analysis.local_rates(rows, diverged)] == list(range(10, 200, 10))
+
+
+def test_every_model_reports_r2_and_rss_of_its_own_fit_in_log_space():
+    """R² = 1 − RSS/Σ(log g − mean log g)² for each model, against NumPy on a noisy curve."""
+    rng = np.random.default_rng(3)
+    steps = np.arange(0, 400, 10)
+    logs = -0.02 * steps + 0.3 * rng.standard_normal(steps.size)  # no model is exact
+    result = phases.fit_phases([(int(s), float(math.exp(v))) for s, v in zip(steps, logs)])
+    total = np.sum((logs - logs.mean()) ** 2)
+    assert len(result["models"]) == 4
+    for name, model in result["models"].items():
+        assert 0.0 < model["rss"] < total, name
+        assert model["r2"] == pytest.approx(1.0 - model["rss"] / total, rel=1e-9), name
+    # The linear model's RSS is that of NumPy's least-squares line.
+    slope, intercept = np.polyfit(steps, logs, 1)
+    rss = np.sum((logs - (intercept + slope * steps)) ** 2)
+    assert result["models"]["linear"]["rss"] == pytest.approx(rss, rel=1e-9)
