@@ -27,8 +27,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Two pytest workers, each taking whole test files (a file's fixtures are built once): 8 min
-# on 2 cores, against 13-15 min in one process (many tests wait on subprocesses).
+# Two pytest workers, each taking whole test files (a file's fixtures are built once): 7-8
+# min on 2 cores, against 13-15 min in one process (many tests wait on subprocesses).
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
