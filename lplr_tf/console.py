@@ -56,15 +56,13 @@ def _import_tensorflow():
 
 
 def format_duration(seconds):
-    """'42 s', '3 min 05 s', '2 h 07 min' (rounded to the second)."""
+    """'45 s', '1 min 20 s', '2 h 5 min' (rounded to whole seconds / minutes)."""
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 class ProgressReporter:

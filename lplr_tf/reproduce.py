@@ -37,8 +37,8 @@ import time
 from absl import flags
 
 from lplr_tf import errors
+from lplr_tf.console import format_duration
 from lplr_tf.errors import ConfigError
-from lplr_tf.sweep_progress import format_duration
 
 FC_GD, WIDTH_ABLATION, RESNET_SGD = "fc_gd", "width_ablation", "resnet_sgd"
 EXPERIMENTS = (FC_GD, WIDTH_ABLATION, RESNET_SGD)

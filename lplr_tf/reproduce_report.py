@@ -21,6 +21,7 @@ import dataclasses
 import os
 
 from lplr_tf import reproduce_figures, sweep_statistics, tables
+from lplr_tf.console import format_duration
 from lplr_tf.errors import ConfigError
 from lplr_tf.reproduce import (
     FIXED_STEP,
@@ -30,7 +31,6 @@ from lplr_tf.reproduce import (
     WIDTH_KEY,
 )
 from lplr_tf.rundir import RunDirectory, write_atomically
-from lplr_tf.sweep_progress import format_duration
 from lplr_tf.tables import cell
 
 REPORT_FILE = "REPRODUCTION.md"

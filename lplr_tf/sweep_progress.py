@@ -20,6 +20,7 @@ import os
 import threading
 import time
 
+from lplr_tf.console import format_duration
 from lplr_tf.rundir import RunDirectory
 
 _TAIL_BYTES = 16384
@@ -43,16 +44,6 @@ def last_row(workdir):
         if isinstance(row, dict):
             return row
     return None
-
-
-def format_duration(seconds):
-    """'45 s', '1 min 20 s', '2 h 5 min' (rounded to whole seconds / minutes)."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 class SweepProgress:

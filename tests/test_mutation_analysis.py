@@ -177,21 +177,25 @@ A_PRIORI = {
 }
 
 
+def _probe_history(**extra):
+    """Probe rows every 10 steps to 100: L = 0.97^t, drifts growing linearly, fixed spectra."""
+    return [
+        {
+            "step": step,
+            "loss": 0.97**step,
+            "drift": 0.01 * index,
+            "ntk_lambda_min": 0.2,
+            "kernel_drift": 0.01 * index,
+            "kernel_drift_op": 0.001 * index,
+            "sharpness": 2.0,
+            **extra,
+        }
+        for index, step in enumerate(range(0, 101, 10))
+    ]
+
+
 def _base_summary():
-    rows = []
-    for index, step in enumerate(range(0, 101, 10)):
-        rows.append(
-            {
-                "step": step,
-                "loss": 0.97**step,
-                "drift": 0.01 * index,
-                "ntk_lambda_min": 0.2,
-                "ntk_lambda_max": 2.0,
-                "kernel_drift": 0.01 * index,
-                "kernel_drift_op": 0.001 * index,
-                "sharpness": 2.0,
-            }
-        )
+    rows = _probe_history(ntk_lambda_max=2.0)
     run = {"protocol": "gd", "ntk_output_mode": "full", "num_outputs": 1, "a_priori": A_PRIORI}
     return analysis.summarize(rows, learning_rate=0.1, settings=SETTINGS(tolerance=1e-12), run=run)
 
@@ -715,22 +719,7 @@ def test_pl_constant_in_every_branch():
 
 
 def _probe_rows(**extra):
-    rows = []
-    for index, step in enumerate(range(0, 101, 10)):
-        rows.append(
-            {
-                "step": step,
-                "loss": 0.97**step,
-                "drift": 0.01 * index,
-                "ntk_lambda_min": 0.2,
-                "kernel_drift": 0.01 * index,
-                "kernel_drift_op": 0.001 * index,
-                "sharpness": 2.0,
-                "gn_sharpness": 1.5,
-                **extra,
-            }
-        )
-    return rows
+    return _probe_history(gn_sharpness=1.5, **extra)
 
 
 def test_sections_when_claims_are_withheld():

@@ -3,6 +3,7 @@
 import json
 
 from lplr_tf import sweep_progress
+from lplr_tf.console import format_duration
 from lplr_tf.sweep_grid import Run
 
 
@@ -76,6 +77,6 @@ def test_counts_time_left_and_each_runs_step(tmp_path):
 
 
 def test_durations_read_well():
-    assert sweep_progress.format_duration(44.6) == "45 s"
-    assert sweep_progress.format_duration(80) == "1 min 20 s"
-    assert sweep_progress.format_duration(7500) == "2 h 5 min"
+    assert format_duration(44.6) == "45 s"
+    assert format_duration(80) == "1 min 20 s"
+    assert format_duration(7500) == "2 h 5 min"
